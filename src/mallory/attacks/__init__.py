@@ -1,0 +1,15 @@
+"""Attacks: the base class, the registry, and one module per attack or family."""
+
+from mallory.attacks import fgsm  # noqa: F401  (registers)
+from mallory.attacks.base import REGISTRY, Attack, attack_class, create, list_attacks, register
+from mallory.attacks.result import AttackResult
+
+__all__ = [
+    "REGISTRY",
+    "Attack",
+    "AttackResult",
+    "attack_class",
+    "create",
+    "list_attacks",
+    "register",
+]

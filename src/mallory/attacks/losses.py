@@ -1,0 +1,49 @@
+"""Per-sample losses on logits that gradient attacks ascend.
+
+Each takes logits ``(n, C)``, true labels ``y`` and optional targets, and returns ``(n,)``;
+ascending the loss moves towards the attacker's goal (away from ``y``, or towards the target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Loss(str, Enum):
+    """The loss a gradient attack ascends."""
+
+    CE = "ce"  # cross-entropy (Goodfellow et al.; Madry et al.)
+    MARGIN = "margin"  # logit margin (Carlini and Wagner's f6)
+
+
+def cross_entropy(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    if targets is None:
+        return F.cross_entropy(logits, y, reduction="none")
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def margin(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Best other logit minus the true logit (untargeted); target logit minus best other."""
+    goal = y if targets is None else targets
+    goal_logit = logits.gather(1, goal[:, None]).squeeze(1)
+    others = logits.scatter(1, goal[:, None], float("-inf")).amax(1)
+    return others - goal_logit if targets is None else goal_logit - others
+
+
+def loss_fn(kind: Loss, y: Tensor, targets: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """A closure ``logits -> (n,)`` for the oracle's gradient query."""
+    fn = cross_entropy if kind is Loss.CE else margin
+    return lambda logits: fn(logits, y, targets)
+
+
+def reached(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+    """Whether each row's prediction already meets the goal (NaN rows count as not reached)."""
+    ok = torch.isfinite(logits).all(1)
+    predicted = logits.nan_to_num(float("-inf")).argmax(1)
+    hit = predicted != y if targets is None else predicted == targets
+    return hit & ok

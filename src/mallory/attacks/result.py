@@ -1,0 +1,126 @@
+"""AttackResult: everything an attack produced and what it cost, per sample."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mallory.threat import Goal, Norm, ThreatModel
+
+
+@dataclass(frozen=True, eq=False)
+class AttackResult:
+    """The outcome of one attack on a batch; every tensor has one row per sample.
+
+    ``success`` is judged by the system itself on ``x_adv`` (after the perturbation set and
+    bounds were enforced): a wrong label (untargeted) or the target label (targeted). A clean
+    input the system already gets wrong counts as a success at distance 0. ``queries`` and
+    ``gradients`` are what the oracle counted for this attack; ``cost`` is queries times the
+    threat model's price per query. ``confidence`` is the system's probability of its predicted
+    class on ``x_adv``.
+    """
+
+    attack: str
+    params: dict[str, Any]
+    threat: ThreatModel
+    ids: Tensor
+    x_adv: Tensor
+    labels: Tensor
+    targets: Tensor | None
+    success: Tensor
+    predictions: Tensor
+    confidence: Tensor
+    l0: Tensor
+    l2: Tensor
+    linf: Tensor
+    queries: Tensor
+    gradients: Tensor
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+    @property
+    def cost(self) -> Tensor:
+        """Money spent per sample."""
+        return self.queries.double() * self.threat.price_per_query
+
+    def distance(self, norm: Norm) -> Tensor:
+        return {Norm.L0: self.l0, Norm.L2: self.l2, Norm.LINF: self.linf}[Norm(norm)]
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.double().mean()) if len(self) else math.nan
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Share of samples the attack did not break (untargeted goal only)."""
+        if self.threat.goal is not Goal.UNTARGETED:
+            raise ValueError("robust accuracy is defined for untargeted attacks; use success_rate")
+        return 1.0 - self.success_rate
+
+    def median_distance(self, norm: Norm) -> float:
+        """Median distance over the successful samples (NaN when none succeeded)."""
+        values = self.distance(norm)[self.success]
+        return float(values.median()) if len(values) else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers, JSON-ready."""
+        n = len(self)
+        out: dict[str, Any] = {
+            "attack": self.attack,
+            "params": self.params,
+            "threat": self.threat.to_dict(),
+            "samples": n,
+            "success_rate": self.success_rate,
+            "median_l0": self.median_distance(Norm.L0),
+            "median_l2": self.median_distance(Norm.L2),
+            "median_linf": self.median_distance(Norm.LINF),
+            "queries_total": int(self.queries.sum()),
+            "queries_mean": float(self.queries.double().mean()) if n else math.nan,
+            "gradients_total": int(self.gradients.sum()),
+            "cost_total": float(self.cost.sum()),
+            "seconds": self.seconds,
+            "mean_confidence_on_success": float(self.confidence[self.success].mean())
+            if bool(self.success.any())
+            else math.nan,
+        }
+        if self.threat.goal is Goal.UNTARGETED:
+            out["robust_accuracy"] = self.robust_accuracy
+        return out
+
+    def to_dict(self, *, inputs: bool = False) -> dict[str, Any]:
+        """Summary plus per-sample outcomes; ``inputs=True`` adds the adversarial inputs."""
+        per_sample: dict[str, Any] = {
+            "id": self.ids.tolist(),
+            "label": self.labels.tolist(),
+            "success": self.success.tolist(),
+            "prediction": self.predictions.tolist(),
+            "confidence": self.confidence.tolist(),
+            "l0": self.l0.tolist(),
+            "l2": self.l2.tolist(),
+            "linf": self.linf.tolist(),
+            "queries": self.queries.tolist(),
+            "gradients": self.gradients.tolist(),
+        }
+        if self.targets is not None:
+            per_sample["target"] = self.targets.tolist()
+        if inputs:
+            per_sample["x_adv"] = self.x_adv.tolist()
+        return {"summary": _jsonable(self.summary()), "samples": per_sample}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value

@@ -1,0 +1,199 @@
+"""Systems: what is attacked, as an ordered list of stages from raw input to scores.
+
+A bare model is a one-stage system. Each stage says whether it is differentiable and
+deterministic; a non-differentiable stage may offer a surrogate for its backward pass
+(BPDA, Athalye et al. 2018; the identity by default). Attacks never call a system: the
+:class:`~mallory.oracle.Oracle` does, under a threat model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mallory.errors import AccessError, InputError
+
+StageFn = Callable[[Tensor], Tensor]
+
+
+def identity(x: Tensor) -> Tensor:
+    """The default surrogate backward of a non-differentiable stage (BPDA identity)."""
+    return x
+
+
+class Output(str, Enum):
+    """What the last stage of a system returns."""
+
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """One component of a system: preprocessing, feature extractor, model, detector.
+
+    ``fn`` maps a batch to a batch. A stage that is not ``differentiable`` is bridged, for
+    attackers allowed gradients, by ``surrogate`` (a differentiable stand-in for its backward
+    pass); ``surrogate=None`` means no gradient can pass through it. A ``defense`` stage is
+    invisible to a non-adaptive attacker's gradients.
+    """
+
+    name: str
+    fn: StageFn
+    differentiable: bool = True
+    deterministic: bool = True
+    surrogate: StageFn | None = identity
+    defense: bool = False
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The input domain: a box, elementwise ``lower <= x <= upper`` (floats or tensors)."""
+
+    lower: Tensor
+    upper: Tensor
+
+    @staticmethod
+    def of(value: Bounds | tuple[Any, Any], shape: Sequence[int] = ()) -> Bounds:
+        if isinstance(value, Bounds):
+            return value
+        try:
+            lower, upper = value
+        except (TypeError, ValueError):
+            raise InputError(
+                f"bounds must be a pair (lower, upper) of numbers or tensors; got {value!r}."
+            ) from None
+        lo = torch.as_tensor(lower, dtype=torch.float64)
+        hi = torch.as_tensor(upper, dtype=torch.float64)
+        if not bool(torch.all(lo < hi)):
+            raise InputError(f"bounds need lower < upper everywhere; got ({lower!r}, {upper!r}).")
+        try:
+            torch.broadcast_shapes(lo.shape, tuple(shape))
+            torch.broadcast_shapes(hi.shape, tuple(shape))
+        except RuntimeError:
+            raise InputError(
+                f"bounds of shape {tuple(lo.shape)} and {tuple(hi.shape)} do not fit inputs of "
+                f"shape {tuple(shape)}."
+            ) from None
+        return Bounds(lo, hi)
+
+    def on(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower and upper bounds with the dtype and device of ``x``."""
+        return self.lower.to(x), self.upper.to(x)
+
+    def clamp(self, x: Tensor) -> Tensor:
+        lo, hi = self.on(x)
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def outside(self, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-sample mask of inputs with a feature outside the box (beyond ``tol``)."""
+        lo, hi = self.on(x)
+        bad = (x < lo - tol) | (x > hi + tol)
+        return bad.flatten(1).any(1)
+
+    @property
+    def width(self) -> Tensor:
+        return self.upper - self.lower
+
+    def to_dict(self) -> dict[str, Any]:
+        def scalar(t: Tensor) -> Any:
+            return float(t) if t.numel() == 1 else t.tolist()
+
+        return {"lower": scalar(self.lower), "upper": scalar(self.upper)}
+
+
+class System:
+    """Stages from raw input to class scores, with the input shape and bounds.
+
+    ``input_shape`` excludes the batch dimension. ``output`` says whether the last stage
+    returns logits or probabilities.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        input_shape: Sequence[int],
+        bounds: Bounds | tuple[Any, Any],
+        num_classes: int,
+        output: Output | str = Output.LOGITS,
+        class_names: Sequence[str] | None = None,
+        name: str = "system",
+    ) -> None:
+        if not stages:
+            raise InputError("A System needs at least one stage.")
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise InputError(f"Stage names of a System must be unique; got {names}.")
+        shape = tuple(int(d) for d in input_shape)
+        if not shape or any(d < 1 for d in shape):
+            raise InputError(f"input_shape must be positive sizes; got {tuple(input_shape)!r}.")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise InputError(f"num_classes must be an int >= 2; got {num_classes!r}.")
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.input_shape = shape
+        self.bounds = Bounds.of(bounds, shape)
+        self.num_classes = num_classes
+        self.output = Output(output)
+        self.class_names = (
+            tuple(str(c) for c in class_names)
+            if class_names is not None
+            else tuple(str(i) for i in range(num_classes))
+        )
+        if len(self.class_names) != num_classes:
+            raise InputError(
+                f"class_names has {len(self.class_names)} names for {num_classes} classes."
+            )
+        self.name = name
+
+    def __repr__(self) -> str:
+        stages = " -> ".join(s.name for s in self.stages)
+        return f"{type(self).__name__}({self.name!r}: {stages}; input {self.input_shape})"
+
+    @property
+    def deterministic(self) -> bool:
+        return all(s.deterministic for s in self.stages)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The system's outputs on a batch, without gradients."""
+        with torch.no_grad():
+            for stage in self.stages:
+                x = stage.fn(x)
+        return x
+
+    def gradient_path(self, *, adaptive: bool) -> tuple[Stage, ...]:
+        """The stages a gradient passes through (defenses drop out for a non-adaptive attacker).
+
+        Raises AccessError when a stage on the path has neither a gradient nor a surrogate.
+        """
+        path = tuple(s for s in self.stages if adaptive or not s.defense)
+        for stage in path:
+            if not stage.differentiable and stage.surrogate is None:
+                raise AccessError(
+                    f"The system {self.name!r} offers no gradients: its stage {stage.name!r} is not "
+                    "differentiable and has no surrogate backward. Give the stage a surrogate "
+                    "(BPDA), or attack it with a score-based or label-only threat model."
+                )
+        return path
+
+    def forward_differentiable(self, x: Tensor, *, adaptive: bool) -> Tensor:
+        """Outputs through the gradient path, recording the autograd graph to ``x``.
+
+        A non-differentiable stage runs forward as it is and backward through its surrogate
+        (straight-through: ``s(x) + (f(x) - s(x)).detach()``).
+        """
+        for stage in self.gradient_path(adaptive=adaptive):
+            if stage.differentiable:
+                x = stage.fn(x)
+            else:
+                assert stage.surrogate is not None  # checked by gradient_path
+                with torch.no_grad():
+                    exact = stage.fn(x)
+                stand_in = stage.surrogate(x)
+                x = stand_in + (exact - stand_in).detach()
+        return x
