@@ -44,6 +44,37 @@ class AttackResult:
     def __len__(self) -> int:
         return len(self.success)
 
+    @staticmethod
+    def concat(parts: list[AttackResult]) -> AttackResult:
+        """One result from the results of the same attack on consecutive chunks of samples."""
+        if not parts:
+            raise ValueError("concat needs at least one result")
+        first = parts[0]
+        if any(p.attack != first.attack or p.threat != first.threat for p in parts):
+            raise ValueError("concat joins results of one attack under one threat model")
+
+        def cat(name: str) -> Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        return AttackResult(
+            attack=first.attack,
+            params=first.params,
+            threat=first.threat,
+            ids=cat("ids"),
+            x_adv=cat("x_adv"),
+            labels=cat("labels"),
+            targets=None if first.targets is None else cat("targets"),
+            success=cat("success"),
+            predictions=cat("predictions"),
+            confidence=cat("confidence"),
+            l0=cat("l0"),
+            l2=cat("l2"),
+            linf=cat("linf"),
+            queries=cat("queries"),
+            gradients=cat("gradients"),
+            seconds=sum(p.seconds for p in parts),
+        )
+
     @property
     def cost(self) -> Tensor:
         """Money spent per sample."""
