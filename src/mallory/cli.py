@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,13 +31,13 @@ console = Console()
 errors = Console(stderr=True)
 
 
-class Listing(str, Enum):
+class Listing(StrEnum):
     attacks = "attacks"
     models = "models"
     threats = "threats"
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     white_box = "white-box"
     score_based = "score-based"
     label_only = "label-only"
@@ -83,8 +83,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _fmt(value: float, digits: int = 3) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        f"{value:.{digits}f}"
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:.{digits}f}")
     )
 
 
@@ -96,17 +98,21 @@ def attack(
     ],
     eps: Annotated[
         float | None,
-        typer.Option(help="perturbation budget in --norm (L0: features); default inf if the "
-                     "attack minimizes the perturbation"),
+        typer.Option(
+            help="perturbation budget in --norm (L0: features); default inf if the "
+            "attack minimizes the perturbation"
+        ),
     ] = None,
     norm: Annotated[
-        Norm | None, typer.Option(help="norm of the perturbation ball (default: the attack's first)")
+        Norm | None,
+        typer.Option(help="norm of the perturbation ball (default: the attack's first)"),
     ] = None,
     n: Annotated[int, typer.Option("-n", "--samples", help="test samples to attack", min=1)] = 100,
     threat: Annotated[
         Preset | None,
-        typer.Option(help="threat-model preset (default: the weakest that grants what the "
-                     "attack needs)"),
+        typer.Option(
+            help="threat-model preset (default: the weakest that grants what the attack needs)"
+        ),
     ] = None,
     targeted: Annotated[
         bool, typer.Option(help="targeted attack with random target classes")
@@ -125,7 +131,7 @@ def attack(
 ) -> None:
     """Attack a zoo model on its test data and print clean and robust accuracy, distances,
     queries and time."""
-    from mallory.zoo import load_dataset, load_model, list_models
+    from mallory.zoo import list_models, load_dataset, load_model
 
     try:
         cls = attack_class(attack_name)
@@ -138,7 +144,9 @@ def attack(
             )
         chosen_norm = norm or next(m for m in (Norm.LINF, Norm.L2, Norm.L0) if m in cls.norms)
         if eps is None and not cls.minimizes:
-            raise MalloryError(f"{attack_name} needs --eps (the radius of the {chosen_norm.value} ball).")
+            raise MalloryError(
+                f"{attack_name} needs --eps (the radius of the {chosen_norm.value} ball)."
+            )
         preset = threat.value if threat else _PRESET_FOR_ACCESS[cls.access]
         changes: dict[str, Any] = {}
         if targeted or Goal.UNTARGETED not in cls.goals:
@@ -176,18 +184,24 @@ def attack(
     summary = result.summary()
     summary["clean_accuracy"] = float(clean.double().mean())
     summary["model"] = model
-    table = Table(title=f"{attack_name} on {model} — {threat_model.name}, "
-                  f"{threat_model.norm.value} eps={threat_model.eps:g}, {len(result)} samples")
+    table = Table(
+        title=f"{attack_name} on {model} — {threat_model.name}, "
+        f"{threat_model.norm.value} eps={threat_model.eps:g}, {len(result)} samples"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows_out = [
         ("clean accuracy", _fmt(summary["clean_accuracy"])),
         ("robust accuracy", _fmt(summary.get("robust_accuracy", math.nan))),
         ("attack success rate", _fmt(summary["success_rate"])),
-        ("median L0 / L2 / Linf (successes)",
-         " / ".join(_fmt(summary[k]) for k in ("median_l0", "median_l2", "median_linf"))),
-        ("queries (total, mean per sample)",
-         f"{summary['queries_total']}, {_fmt(summary['queries_mean'], 1)}"),
+        (
+            "median L0 / L2 / Linf (successes)",
+            " / ".join(_fmt(summary[k]) for k in ("median_l0", "median_l2", "median_linf")),
+        ),
+        (
+            "queries (total, mean per sample)",
+            f"{summary['queries_total']}, {_fmt(summary['queries_mean'], 1)}",
+        ),
         ("gradient evaluations", str(summary["gradients_total"])),
         ("confidence on mistakes (mean)", _fmt(summary["mean_confidence_on_success"])),
         ("time (s)", _fmt(summary["seconds"], 2)),

@@ -22,7 +22,7 @@ class InputError(MalloryError, ValueError):
 
 
 class AccessError(MalloryError):
-    """An attack needs an access (gradients, scores) that the oracle's threat model does not grant."""
+    """An attack needs access (gradients, scores) that the oracle's threat model does not grant."""
 
 
 class SystemFailure(MalloryError):

@@ -42,7 +42,9 @@ class Noise:
     def bind(self, ids: Tensor) -> Noise:
         return Noise(self.seed, ids)
 
-    def _bits(self, rows: Tensor | None, key: int, shape: Sequence[int], device: torch.device) -> Tensor:
+    def _bits(
+        self, rows: Tensor | None, key: int, shape: Sequence[int], device: torch.device
+    ) -> Tensor:
         ids = self._ids if rows is None else self._ids[rows.to("cpu")]
         base = _mix(_mix(ids ^ _mix(torch.tensor(self.seed & _MASK))) ^ (key * _GOLDEN))
         count = math.prod(shape)

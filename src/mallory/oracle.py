@@ -299,9 +299,7 @@ class Oracle:
             if ok is None:
                 logits = _as_logits(self._run_system(forward, x_in), system.output)
             else:
-                logits = torch.zeros(
-                    (len(x), system.num_classes), dtype=x.dtype, device=x.device
-                )
+                logits = torch.zeros((len(x), system.num_classes), dtype=x.dtype, device=x.device)
                 rows = ok.nonzero().squeeze(1).to(x.device)
                 part = self._run_system(forward, x_in[rows])
                 logits = logits.index_copy(0, rows, _as_logits(part, system.output).to(x))

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from mallory.errors import InputError, bad_param
 
 
-class Knowledge(str, Enum):
+class Knowledge(StrEnum):
     """How much the attacker knows about one stage of the system."""
 
     PERFECT = "perfect"  # architecture and parameters: it can compute gradients
@@ -33,7 +33,7 @@ class Knowledge(str, Enum):
     ZERO = "zero"  # nothing but what it observes
 
 
-class Exposure(str, Enum):
+class Exposure(StrEnum):
     """What the system's interface returns to a query."""
 
     LOGITS = "logits"  # raw scores before the softmax
@@ -42,7 +42,7 @@ class Exposure(str, Enum):
     LABEL = "label"  # the predicted class only
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     """The norm of an Lp perturbation ball."""
 
     LINF = "linf"
@@ -50,14 +50,14 @@ class Norm(str, Enum):
     L0 = "l0"  # number of input features changed
 
 
-class Goal(str, Enum):
+class Goal(StrEnum):
     """What counts as a success for the attacker."""
 
     UNTARGETED = "untargeted"  # any wrong class
     TARGETED = "targeted"  # a chosen class (given with the data, or drawn at random)
 
 
-class Targets(str, Enum):
+class Targets(StrEnum):
     """Where the target classes of a targeted attack come from."""
 
     RANDOM = "random"  # drawn uniformly among the wrong classes, from the attack's seed

@@ -17,6 +17,7 @@ inputs; the base class does the rest, the same way for every attack:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -65,10 +66,8 @@ class Attack:
             if value is None and rule.optional:
                 continue
             if rule.convert is not None:
-                try:
+                with contextlib.suppress(TypeError, ValueError):
                     value = rule.convert(value)
-                except (TypeError, ValueError):
-                    pass
             if not rule.test(value):
                 raise InputError(
                     f"The {f.name!r} parameter of {type(self).__name__} must be "
@@ -137,10 +136,7 @@ class Attack:
         probs = oracle._judge(x_adv) if n else torch.zeros(0, system.num_classes)
         confidence, predictions = probs.max(1)
         predictions = predictions.to(y.device)
-        if goal_targets is None:
-            success = predictions != y
-        else:
-            success = predictions == goal_targets
+        success = predictions != y if goal_targets is None else predictions == goal_targets
         d = distances(x_adv, x)
         return AttackResult(
             attack=self.name,
@@ -295,9 +291,7 @@ def attack_class(name: str) -> type[Attack]:
     """The class registered as ``name``."""
     _load_builtin()
     if name not in REGISTRY:
-        raise InputError(
-            f"No attack named {name!r}. Known attacks: {', '.join(sorted(REGISTRY))}."
-        )
+        raise InputError(f"No attack named {name!r}. Known attacks: {', '.join(sorted(REGISTRY))}.")
     return REGISTRY[name]
 
 
@@ -348,7 +342,9 @@ def _as_labels(what: str, y: Any, n: int, classes: int, device: torch.device) ->
     if not isinstance(y, Tensor):
         raise InputError(f"{what} must be a tensor of class indices; got {type(y).__name__}.")
     if y.shape != (n,):
-        raise InputError(f"{what} must have shape ({n},), one class per sample; got {tuple(y.shape)}.")
+        raise InputError(
+            f"{what} must have shape ({n},), one class per sample; got {tuple(y.shape)}."
+        )
     if y.is_floating_point() or y.dtype == torch.bool:
         raise InputError(f"{what} must hold integer class indices; got dtype {y.dtype}.")
     if n and (int(y.min()) < 0 or int(y.max()) >= classes):

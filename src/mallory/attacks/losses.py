@@ -7,14 +7,14 @@ ascending the loss moves towards the attacker's goal (away from ``y``, or toward
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-class Loss(str, Enum):
+class Loss(StrEnum):
     """The loss a gradient attack ascends."""
 
     CE = "ce"  # cross-entropy (Goodfellow et al.; Madry et al.)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ def identity(x: Tensor) -> Tensor:
     return x
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     """What the last stage of a system returns."""
 
     LOGITS = "logits"
@@ -175,8 +175,8 @@ class System:
         for stage in path:
             if not stage.differentiable and stage.surrogate is None:
                 raise AccessError(
-                    f"The system {self.name!r} offers no gradients: its stage {stage.name!r} is not "
-                    "differentiable and has no surrogate backward. Give the stage a surrogate "
+                    f"The system {self.name!r} offers no gradients: its stage {stage.name!r} is "
+                    "not differentiable and has no surrogate backward. Give the stage a surrogate "
                     "(BPDA), or attack it with a score-based or label-only threat model."
                 )
         return path

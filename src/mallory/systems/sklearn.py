@@ -77,8 +77,6 @@ class SklearnModel(System):
             bounds=bounds,
             num_classes=num_classes,
             output=Output.PROBABILITIES if method == "predict_proba" else Output.LOGITS,
-            class_names=class_names
-            if class_names is not None
-            else [str(c) for c in classes],
+            class_names=class_names if class_names is not None else [str(c) for c in classes],
             name=name,
         )
