@@ -24,6 +24,8 @@ from mallory.threat import Exposure, Knowledge, Norm, ThreatModel
 
 LossFn = Callable[[Tensor], Tensor]
 
+_RICHNESS = {Exposure.LABEL: 0, Exposure.TOP_K: 1, Exposure.SCORES: 2, Exposure.LOGITS: 3}
+
 
 class Access(IntEnum):
     """What an attack needs from the oracle; each level includes the ones below it."""
@@ -60,6 +62,12 @@ class Oracle:
             )
         if not isinstance(threat, ThreatModel):
             raise InputError(f"Oracle needs a ThreatModel; got {type(threat).__name__}.")
+        if _RICHNESS[threat.exposure] > _RICHNESS[system.exposes]:
+            raise AccessError(
+                f"The threat model {threat.name!r} grants exposure={threat.exposure.value!r}, but "
+                f"the system {system.name!r} answers with {system.exposes.value!r} at most. Use a "
+                "threat model that grants no more than the system shows, e.g. label_only(...)."
+            )
         self.system = system
         self.threat = threat
         self._queries = torch.zeros(0, dtype=torch.int64)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mallory.errors import AccessError, InputError
+from mallory.threat import Exposure
 
 StageFn = Callable[[Tensor], Tensor]
 
@@ -111,7 +112,9 @@ class System:
     """Stages from raw input to class scores, with the input shape and bounds.
 
     ``input_shape`` excludes the batch dimension. ``output`` says whether the last stage
-    returns logits or probabilities.
+    returns logits or probabilities. ``exposes`` is the richest answer the system can give at
+    all (a remote API that returns only labels exposes ``Exposure.LABEL``; its scores are then
+    one-hot and no threat model may grant more).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class System:
         output: Output | str = Output.LOGITS,
         class_names: Sequence[str] | None = None,
         name: str = "system",
+        exposes: Exposure | str = Exposure.LOGITS,
     ) -> None:
         if not stages:
             raise InputError("A System needs at least one stage.")
@@ -150,6 +154,7 @@ class System:
                 f"class_names has {len(self.class_names)} names for {num_classes} classes."
             )
         self.name = name
+        self.exposes = Exposure(exposes)
 
     def __repr__(self) -> str:
         stages = " -> ".join(s.name for s in self.stages)

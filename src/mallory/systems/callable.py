@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from mallory.systems.base import Bounds, Output, Stage, System
+from mallory.threat import Exposure
 
 
 class CallableModel(System):
@@ -15,7 +16,8 @@ class CallableModel(System):
 
     ``output`` says whether the scores are logits or probabilities. The function is treated
     as a black box (no gradients) unless ``differentiable=True`` says that torch autograd can
-    pass through it.
+    pass through it. ``exposes`` caps what any threat model may grant (``"label"`` for a
+    function whose scores are one-hot labels).
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class CallableModel(System):
         deterministic: bool = True,
         class_names: Sequence[str] | None = None,
         name: str = "callable",
+        exposes: Exposure | str = Exposure.LOGITS,
     ) -> None:
         stage = Stage(
             name="model",
@@ -46,4 +49,5 @@ class CallableModel(System):
             output=output,
             class_names=class_names,
             name=name,
+            exposes=exposes,
         )
