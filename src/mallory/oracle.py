@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mallory.errors import AccessError, InputError, SystemFailure
+from mallory.record import Record
 from mallory.systems.base import Output, System
 from mallory.threat import Exposure, Knowledge, Norm, ThreatModel
 
@@ -336,9 +337,9 @@ class Oracle:
             out = self._run_system(self.system.forward, x)
         return _as_probabilities(out, self.system.output)
 
-    def bind(self, ids: Tensor) -> OracleView:
+    def bind(self, ids: Tensor, record: Record | None = None) -> OracleView:
         """A view of this oracle for a batch whose rows are the samples ``ids``."""
-        return OracleView(self, ids)
+        return OracleView(self, ids, record)
 
 
 class OracleView:
@@ -346,11 +347,13 @@ class OracleView:
 
     Every method takes the inputs and ``rows``, the positions in the batch those inputs belong
     to (all rows in order when omitted), so an attack can query only the samples still standing.
+    With a ``record``, every answer is also noted there (see :mod:`mallory.record`).
     """
 
-    def __init__(self, oracle: Oracle, ids: Tensor) -> None:
+    def __init__(self, oracle: Oracle, ids: Tensor, record: Record | None = None) -> None:
         self._oracle = oracle
         self._ids = ids.to(device="cpu", dtype=torch.int64)
+        self.record = record
         system = oracle.system
         self.threat: ThreatModel = oracle.threat
         self.input_shape = system.input_shape
@@ -380,16 +383,33 @@ class OracleView:
         return self._ids[rows.to("cpu")]
 
     def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._oracle.logits(x, self._ids_of(rows, len(x)))
+        out = self._oracle.logits(x, self._ids_of(rows, len(x)))
+        self._note_scores(x, rows, out.softmax(1))
+        return out
 
     def scores(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._oracle.scores(x, self._ids_of(rows, len(x)))
+        out = self._oracle.scores(x, self._ids_of(rows, len(x)))
+        self._note_scores(x, rows, out)
+        return out
 
     def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._oracle.labels(x, self._ids_of(rows, len(x)))
+        out = self._oracle.labels(x, self._ids_of(rows, len(x)))
+        if self.record is not None:
+            self.record.see(x, rows, out)
+        return out
 
     def gradient(self, x: Tensor, loss: LossFn, rows: Tensor | None = None) -> Gradient:
-        return self._oracle.gradient(x, self._ids_of(rows, len(x)), loss)
+        answer = self._oracle.gradient(x, self._ids_of(rows, len(x)), loss)
+        self._note_scores(x, rows, answer.logits.softmax(1))
+        return answer
+
+    def _note_scores(self, x: Tensor, rows: Tensor | None, probs: Tensor) -> None:
+        if self.record is None:
+            return
+        answered = torch.isfinite(probs).any(1)
+        confidence, labels = probs.nan_to_num(-1.0).max(1)
+        labels = labels.masked_fill(~answered, -1)
+        self.record.see(x, rows, labels, confidence)
 
     def remaining(self, rows: Tensor | None = None) -> Tensor:
         """Queries left per row (``inf`` when unlimited)."""

@@ -31,10 +31,11 @@ from torch import Tensor
 
 from mallory.attacks.params import Rule, integer
 from mallory.attacks.result import AttackResult
-from mallory.errors import InputError
+from mallory.errors import InputError, SystemFailure
 from mallory.noise import Noise
 from mallory.oracle import Access, Oracle, OracleView
-from mallory.perturbation import distances, project
+from mallory.perturbation import distances, norm_of, project
+from mallory.record import Record
 from mallory.threat import Goal, Norm, Targets
 
 REGISTRY: dict[str, type[Attack]] = {}
@@ -111,32 +112,41 @@ class Attack:
         queries_before = oracle.queries_of(id_tensor)
         gradients_before = oracle.gradients_of(id_tensor)
 
+        record = Record(x, y, goal_targets, threat.norm, threat.eps)
+        finished = torch.zeros(n, dtype=torch.bool)
+        candidates = x.clone()
+        error: str | None = None
         step = self.batch_size or max(n, 1)
-        pieces = []
         for start in range(0, n, step):
             rows = slice(start, start + step)
             part_ids = id_tensor[rows]
-            candidate = self._run(
-                oracle.bind(part_ids),
-                x[rows],
-                y[rows],
-                None if goal_targets is None else goal_targets[rows],
-                noise.bind(part_ids),
-            )
+            try:
+                candidate = self._run(
+                    oracle.bind(part_ids, record.part(rows)),
+                    x[rows],
+                    y[rows],
+                    None if goal_targets is None else goal_targets[rows],
+                    noise.bind(part_ids),
+                )
+            except SystemFailure as failure:
+                # keep what was found so far; samples not yet attacked stay as they are
+                error = str(failure)
+                break
             if not isinstance(candidate, Tensor) or candidate.shape != x[rows].shape:
                 got = tuple(candidate.shape) if isinstance(candidate, Tensor) else candidate
                 raise RuntimeError(
                     f"{self.name} returned {got!r} for inputs of shape {tuple(x[rows].shape)}"
                 )
-            pieces.append(candidate.detach().to(x))
-        x_adv = torch.cat(pieces) if pieces else x.clone()
-        x_adv = torch.where(torch.isfinite(x_adv), x_adv, x)
-        x_adv = project(x_adv, x, threat.norm, threat.eps, system.bounds)
-
-        probs = oracle._judge(x_adv) if n else torch.zeros(0, system.num_classes)
-        confidence, predictions = probs.max(1)
-        predictions = predictions.to(y.device)
-        success = predictions != y if goal_targets is None else predictions == goal_targets
+            candidates[rows] = candidate.detach().to(x)
+            finished[rows] = True
+        candidates = torch.where(torch.isfinite(candidates), candidates, x)
+        candidates = project(candidates, x, threat.norm, threat.eps, system.bounds)
+        try:
+            verdict = _judge_with_record(oracle, candidates, x, y, goal_targets, record)
+        except SystemFailure as failure:
+            error = error or str(failure)
+            verdict = _verdict_from_record(x, record)
+        x_adv, success, predictions, confidence = verdict
         d = distances(x_adv, x)
         return AttackResult(
             attack=self.name,
@@ -148,13 +158,15 @@ class Attack:
             targets=goal_targets,
             success=success,
             predictions=predictions,
-            confidence=confidence.double(),
+            confidence=confidence,
             l0=d[Norm.L0],
             l2=d[Norm.L2],
             linf=d[Norm.LINF],
             queries=oracle.queries_of(id_tensor) - queries_before,
             gradients=oracle.gradients_of(id_tensor) - gradients_before,
             seconds=time.perf_counter() - started,
+            interrupted=~finished,
+            error=error,
         )
 
     def _run(
@@ -310,6 +322,53 @@ def create(name: str, **params: Any) -> Attack:
 
 def _load_builtin() -> None:
     import mallory.attacks  # noqa: F401  (registers the built-in attacks)
+
+
+Verdict = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _success(predictions: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+    return predictions != y if targets is None else predictions == targets
+
+
+def _judge_with_record(
+    oracle: Oracle,
+    candidates: Tensor,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    record: Record,
+) -> Verdict:
+    """The system's verdict on the candidates, improved by the record where it holds a closer
+    (or the only) adversarial input the attacker saw."""
+    if not len(x):
+        empty = torch.zeros(0, dtype=torch.float64)
+        return candidates, torch.zeros(0, dtype=torch.bool), y.clone(), empty
+    probs = oracle._judge(candidates)
+    confidence, predictions = probs.double().max(1)
+    predictions = predictions.to(y.device)
+    success = _success(predictions, y, targets)
+    distance = norm_of(candidates - x, record.norm).double()
+    swap = record.found & (~success | (record.distance < distance))
+    if bool(swap.any()):
+        rows = swap.nonzero().squeeze(1)
+        alt_probs = oracle._judge(record.best[rows])
+        alt_conf, alt_pred = alt_probs.double().max(1)
+        alt_pred = alt_pred.to(y.device)
+        alt_ok = _success(alt_pred, y[rows], None if targets is None else targets[rows])
+        take = alt_ok | ~success[rows]  # never trade a success for a failure
+        rows, alt_pred, alt_conf, alt_ok = rows[take], alt_pred[take], alt_conf[take], alt_ok[take]
+        candidates = candidates.clone()
+        candidates[rows] = record.best[rows]
+        predictions[rows], confidence[rows], success[rows] = alt_pred, alt_conf, alt_ok
+    return candidates, success, predictions, confidence
+
+
+def _verdict_from_record(x: Tensor, record: Record) -> Verdict:
+    """When the system can no longer answer: what the attacker saw is all there is."""
+    found = record.found
+    x_adv = torch.where(found.view(-1, *[1] * (x.dim() - 1)), record.best, x)
+    return x_adv, found.clone(), record.label.clone(), record.confidence.clone()
 
 
 def _as_inputs(x: Any, shape: tuple[int, ...], bounds: Any) -> Tensor:

@@ -21,7 +21,13 @@ class AttackResult:
     input the system already gets wrong counts as a success at distance 0. ``queries`` and
     ``gradients`` are what the oracle counted for this attack; ``cost`` is queries times the
     threat model's price per query. ``confidence`` is the system's probability of its predicted
-    class on ``x_adv``.
+    class on ``x_adv``. Where the attacker saw, among its own queries, an adversarial input
+    closer than the attack's final output, that input is the result (nothing seen is lost).
+
+    When the system failed during the attack, ``error`` says how, ``interrupted`` marks the
+    samples whose attack was cut short, and their outcome is what the attacker had seen by then
+    (if the system could not even judge, predictions are the labels it last answered, -1 where
+    none, and confidence is NaN where only labels were seen).
     """
 
     attack: str
@@ -40,6 +46,8 @@ class AttackResult:
     queries: Tensor
     gradients: Tensor
     seconds: float
+    interrupted: Tensor | None = None
+    error: str | None = None
 
     def __len__(self) -> int:
         return len(self.success)
@@ -73,7 +81,16 @@ class AttackResult:
             queries=cat("queries"),
             gradients=cat("gradients"),
             seconds=sum(p.seconds for p in parts),
+            interrupted=torch.cat([p.interrupted_mask for p in parts]),
+            error="; ".join(p.error for p in parts if p.error) or None,
         )
+
+    @property
+    def interrupted_mask(self) -> Tensor:
+        """Samples whose attack a system failure cut short (all False when none)."""
+        if self.interrupted is None:
+            return torch.zeros(len(self), dtype=torch.bool)
+        return self.interrupted
 
     @property
     def cost(self) -> Tensor:
@@ -119,6 +136,8 @@ class AttackResult:
             "mean_confidence_on_success": float(self.confidence[self.success].mean())
             if bool(self.success.any())
             else math.nan,
+            "interrupted": int(self.interrupted_mask.sum()),
+            "error": self.error,
         }
         if self.threat.goal is Goal.UNTARGETED:
             out["robust_accuracy"] = self.robust_accuracy
