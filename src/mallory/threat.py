@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from mallory.errors import InputError, bad_param
+from mallory.features import FeatureConstraints
 
 
 class Knowledge(StrEnum):
@@ -72,7 +73,8 @@ class ThreatModel:
     ``math.inf`` leaves it unbounded, as minimal-perturbation attacks (Carlini-Wagner, DeepFool)
     report the smallest perturbation they find. Every input also stays inside the system's
     input bounds. ``knowledge`` applies to every stage unless ``stage_knowledge`` names the stage.
-    Budgets of ``None`` are unlimited.
+    Budgets of ``None`` are unlimited. ``features`` limits which input features the attacker
+    may change and to which values (tabular data).
     """
 
     name: str = "custom"
@@ -88,6 +90,7 @@ class ThreatModel:
     queries_total: int | None = None
     price_per_query: float = 0.0
     adaptive: bool = True
+    features: FeatureConstraints | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +140,8 @@ class ThreatModel:
             raise bad_param(owner, "price_per_query", "a finite number >= 0", price)
         if not math.isfinite(price):
             raise bad_param(owner, "price_per_query", "a finite number >= 0", price)
+        if self.features is not None and not isinstance(self.features, FeatureConstraints):
+            raise bad_param(owner, "features", "a FeatureConstraints or None", self.features)
         if self.goal is Goal.UNTARGETED and self.targets is Targets.GIVEN:
             raise InputError(
                 "ThreatModel: targets='given' needs goal='targeted'; an untargeted attacker has no "
@@ -175,6 +180,7 @@ class ThreatModel:
             "queries_total": self.queries_total,
             "price_per_query": self.price_per_query,
             "adaptive": self.adaptive,
+            "features": None if self.features is None else self.features.to_dict(),
         }
 
 

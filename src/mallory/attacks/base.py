@@ -140,6 +140,8 @@ class Attack:
             candidates[rows] = candidate.detach().to(x)
             finished[rows] = True
         candidates = torch.where(torch.isfinite(candidates), candidates, x)
+        if threat.features is not None:
+            candidates = threat.features.apply(candidates, x)
         candidates = project(candidates, x, threat.norm, threat.eps, system.bounds)
         try:
             verdict = _judge_with_record(oracle, candidates, x, y, goal_targets, record)
