@@ -25,8 +25,6 @@ from mallory.threat import Exposure, Knowledge, Norm, ThreatModel
 
 LossFn = Callable[[Tensor], Tensor]
 
-_RICHNESS = {Exposure.LABEL: 0, Exposure.TOP_K: 1, Exposure.SCORES: 2, Exposure.LOGITS: 3}
-
 
 class Access(IntEnum):
     """What an attack needs from the oracle; each level includes the ones below it."""
@@ -63,11 +61,17 @@ class Oracle:
             )
         if not isinstance(threat, ThreatModel):
             raise InputError(f"Oracle needs a ThreatModel; got {type(threat).__name__}.")
-        if _RICHNESS[threat.exposure] > _RICHNESS[system.exposes]:
+        if threat.exposure.richness > system.exposes.richness:
             raise AccessError(
                 f"The threat model {threat.name!r} grants exposure={threat.exposure.value!r}, but "
                 f"the system {system.name!r} answers with {system.exposes.value!r} at most. Use a "
                 "threat model that grants no more than the system shows, e.g. label_only(...)."
+            )
+        shown_k = system.top_k if system.exposes is Exposure.TOP_K else None
+        if shown_k is not None and threat.top_k is not None and threat.top_k > shown_k:
+            raise AccessError(
+                f"The threat model {threat.name!r} grants the top {threat.top_k} scores, but the "
+                f"system {system.name!r} shows only its top {shown_k}. Use top_k <= {shown_k}."
             )
         self.system = system
         self.threat = threat

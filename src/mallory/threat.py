@@ -42,6 +42,14 @@ class Exposure(StrEnum):
     TOP_K = "top-k"  # the k largest probabilities; the others are hidden (NaN)
     LABEL = "label"  # the predicted class only
 
+    @property
+    def richness(self) -> int:
+        """Order of information: label < top-k < scores < logits."""
+        return _RICHNESS[self]
+
+
+_RICHNESS = {Exposure.LABEL: 0, Exposure.TOP_K: 1, Exposure.SCORES: 2, Exposure.LOGITS: 3}
+
 
 class Norm(StrEnum):
     """The norm of an Lp perturbation ball."""

@@ -73,14 +73,11 @@ class Bounds:
         hi = torch.as_tensor(upper, dtype=torch.float64)
         if not bool(torch.all(lo < hi)):
             raise InputError(f"bounds need lower < upper everywhere; got ({lower!r}, {upper!r}).")
-        try:
-            torch.broadcast_shapes(lo.shape, tuple(shape))
-            torch.broadcast_shapes(hi.shape, tuple(shape))
-        except RuntimeError:
+        if not (_broadcasts(lo.shape, shape) and _broadcasts(hi.shape, shape)):
             raise InputError(
                 f"bounds of shape {tuple(lo.shape)} and {tuple(hi.shape)} do not fit inputs of "
                 f"shape {tuple(shape)}."
-            ) from None
+            )
         return Bounds(lo, hi)
 
     def on(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,13 +105,21 @@ class Bounds:
         return {"lower": scalar(self.lower), "upper": scalar(self.upper)}
 
 
+def _broadcasts(small: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether a tensor of shape ``small`` broadcasts to ``shape`` without growing it."""
+    if len(small) > len(shape):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(small), reversed(shape), strict=False))
+
+
 class System:
     """Stages from raw input to class scores, with the input shape and bounds.
 
     ``input_shape`` excludes the batch dimension. ``output`` says whether the last stage
     returns logits or probabilities. ``exposes`` is the richest answer the system can give at
     all (a remote API that returns only labels exposes ``Exposure.LABEL``; its scores are then
-    one-hot and no threat model may grant more).
+    one-hot and no threat model may grant more); ``top_k`` is how many scores a top-k system
+    shows.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class System:
         class_names: Sequence[str] | None = None,
         name: str = "system",
         exposes: Exposure | str = Exposure.LOGITS,
+        top_k: int | None = None,
     ) -> None:
         if not stages:
             raise InputError("A System needs at least one stage.")
@@ -155,6 +161,7 @@ class System:
             )
         self.name = name
         self.exposes = Exposure(exposes)
+        self.top_k = top_k  # how many scores a top-k system shows
 
     def __repr__(self) -> str:
         stages = " -> ".join(s.name for s in self.stages)
