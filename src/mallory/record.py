@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from mallory.features import FeatureConstraints
 from mallory.perturbation import norm_of
 from mallory.threat import Norm
 
@@ -27,9 +28,16 @@ class Record:
     """Best adversarial input seen per row of a batch, from the system's own answers."""
 
     def __init__(
-        self, x: Tensor, y: Tensor, targets: Tensor | None, norm: Norm, eps: float
+        self,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        norm: Norm,
+        eps: float,
+        features: FeatureConstraints | None = None,
     ) -> None:
         self.x = x
+        self.features = features
         self.y = y
         self.targets = targets
         self.norm = norm
@@ -45,7 +53,7 @@ class Record:
         part = Record.__new__(Record)
         part.x, part.y = self.x[rows], self.y[rows]
         part.targets = None if self.targets is None else self.targets[rows]
-        part.norm, part.limit = self.norm, self.limit
+        part.norm, part.limit, part.features = self.norm, self.limit, self.features
         part.best, part.distance = self.best[rows], self.distance[rows]
         part.label, part.confidence = self.label[rows], self.confidence[rows]
         return part
@@ -76,6 +84,10 @@ class Record:
         r = rows_t[where]
         d = norm_of(x[where] - self.x[r], self.norm).double()
         better = (d <= self.limit) & (d < self.distance[r])
+        if self.features is not None:
+            # only edits the attacker may make count
+            allowed = self.features.apply(x[where], self.x[r])
+            better &= (allowed - x[where]).flatten(1).abs().amax(1) <= 1e-6
         if not bool(better.any()):
             return
         where, r, d = where[better], r[better], d[better]

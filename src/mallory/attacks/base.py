@@ -112,7 +112,7 @@ class Attack:
         queries_before = oracle.queries_of(id_tensor)
         gradients_before = oracle.gradients_of(id_tensor)
 
-        record = Record(x, y, goal_targets, threat.norm, threat.eps)
+        record = Record(x, y, goal_targets, threat.norm, threat.eps, threat.features)
         finished = torch.zeros(n, dtype=torch.bool)
         candidates = x.clone()
         error: str | None = None
