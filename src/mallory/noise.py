@@ -42,6 +42,10 @@ class Noise:
     def bind(self, ids: Tensor) -> Noise:
         return Noise(self.seed, ids)
 
+    def subset(self, rows: Tensor) -> Noise:
+        """The streams of rows ``rows`` of this batch, as a batch of their own."""
+        return Noise(self.seed, self._ids[rows.to("cpu")])
+
     def _bits(
         self, rows: Tensor | None, key: int, shape: Sequence[int], device: torch.device
     ) -> Tensor:

@@ -415,6 +415,11 @@ class OracleView:
         labels = labels.masked_fill(~answered, -1)
         self.record.see(x, rows, labels, confidence)
 
+    def subset(self, rows: Tensor) -> OracleView:
+        """The rows ``rows`` of this batch as a batch of their own (for running a sub-attack on
+        the samples still standing); its queries are this view's, mapped back."""
+        return SubsetView(self, rows)
+
     def remaining(self, rows: Tensor | None = None) -> Tensor:
         """Queries left per row (``inf`` when unlimited)."""
         ids = self._ids if rows is None else self._ids[rows.to("cpu")]
@@ -424,6 +429,56 @@ class OracleView:
         """Queries spent so far per row (across every attack on these samples)."""
         ids = self._ids if rows is None else self._ids[rows.to("cpu")]
         return self._oracle.queries_of(ids)
+
+
+class SubsetView(OracleView):
+    """Rows ``rows`` of a parent view, seen as a batch of their own.
+
+    Every query goes to the parent with its rows mapped back, so the parent's ledger and
+    record see it as theirs.
+    """
+
+    def __init__(self, parent: OracleView, rows: Tensor) -> None:
+        # no OracleView.__init__: everything is answered by the parent
+        self._parent = parent
+        self._rows = rows
+        self.record = None
+        self.threat = parent.threat
+        self.input_shape = parent.input_shape
+        self.num_classes = parent.num_classes
+        self.bounds = parent.bounds
+        self.access = parent.access
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _map(self, rows: Tensor | None, n: int | None = None) -> Tensor:
+        if rows is None:
+            if n is not None and n != len(self._rows):
+                raise InputError(
+                    f"A query of {n} inputs without rows= must cover the whole batch of "
+                    f"{len(self._rows)}; pass rows= to query part of it."
+                )
+            return self._rows
+        return self._rows[rows.to(self._rows.device)]
+
+    def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        return self._parent.logits(x, rows=self._map(rows, len(x)))
+
+    def scores(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        return self._parent.scores(x, rows=self._map(rows, len(x)))
+
+    def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        return self._parent.labels(x, rows=self._map(rows, len(x)))
+
+    def gradient(self, x: Tensor, loss: LossFn, rows: Tensor | None = None) -> Gradient:
+        return self._parent.gradient(x, loss, rows=self._map(rows, len(x)))
+
+    def remaining(self, rows: Tensor | None = None) -> Tensor:
+        return self._parent.remaining(self._map(rows))
+
+    def queries(self, rows: Tensor | None = None) -> Tensor:
+        return self._parent.queries(self._map(rows))
 
 
 def _as_logits(out: Tensor, kind: Output) -> Tensor:

@@ -72,4 +72,6 @@ def project_ball(delta: Tensor, norm: Norm, eps: float | Tensor) -> Tensor:
 def project(x_adv: Tensor, x: Tensor, norm: Norm, eps: float | Tensor, bounds: Bounds) -> Tensor:
     """``x_adv`` moved into the ball around ``x`` and inside the bounds."""
     boxed = bounds.clamp(x_adv)
+    if isinstance(eps, float) and math.isinf(eps):
+        return boxed  # exact: x + (boxed - x) may differ from boxed by a rounding step
     return x + project_ball(boxed - x, norm, eps)

@@ -1,6 +1,13 @@
 """Attacks: the base class, the registry, and one module per attack or family."""
 
-from mallory.attacks import deepfool, fgsm, jsma  # noqa: F401  (registers)
+from mallory.attacks import (  # noqa: F401  (registers)
+    battery,
+    deepfool,
+    fgsm,
+    jsma,
+    natural,
+    tabular,
+)
 from mallory.attacks.base import REGISTRY, Attack, attack_class, create, list_attacks, register
 from mallory.attacks.result import AttackResult
 
