@@ -3,9 +3,13 @@
 from mallory.attacks import (  # noqa: F401  (registers)
     battery,
     deepfool,
+    estimate,
     fgsm,
     jsma,
     natural,
+    pgd,
+    simba,
+    square,
     tabular,
 )
 from mallory.attacks.base import REGISTRY, Attack, attack_class, create, list_attacks, register

@@ -18,7 +18,6 @@ inputs; the base class does the rest, the same way for every attack:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from mallory.attacks.params import Rule, integer
 from mallory.attacks.result import AttackResult
-from mallory.errors import InputError, SystemFailure
+from mallory.errors import InputError, MalloryError, SystemFailure
 from mallory.noise import Noise
 from mallory.oracle import Access, Oracle, OracleView
 from mallory.perturbation import distances, norm_of, project
@@ -68,8 +67,12 @@ class Attack:
             if value is None and rule.optional:
                 continue
             if rule.convert is not None:
-                with contextlib.suppress(TypeError, ValueError):
+                try:
                     value = rule.convert(value)
+                except MalloryError:
+                    raise  # a conversion with its own message (an inner attack's, say)
+                except (TypeError, ValueError):
+                    pass  # reported below in the one message form
             if not rule.test(value):
                 raise InputError(
                     f"The {f.name!r} parameter of {type(self).__name__} must be "
