@@ -39,6 +39,11 @@ class Noise:
         self.seed = seed
         self._ids = ids.to(device="cpu", dtype=torch.int64)
 
+    @property
+    def ids(self) -> Tensor:
+        """The sample ids the streams are keyed by."""
+        return self._ids
+
     def bind(self, ids: Tensor) -> Noise:
         return Noise(self.seed, ids)
 

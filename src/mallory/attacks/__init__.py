@@ -2,15 +2,18 @@
 
 from mallory.attacks import (  # noqa: F401  (registers)
     battery,
+    boundary,
     deepfool,
     estimate,
     fgsm,
+    hopskipjump,
     jsma,
     natural,
     pgd,
     simba,
     square,
     tabular,
+    transfer,
 )
 from mallory.attacks.base import REGISTRY, Attack, attack_class, create, list_attacks, register
 from mallory.attacks.result import AttackResult

@@ -148,7 +148,9 @@ class Attack:
             candidates = threat.features.apply(candidates, x)
         candidates = project(candidates, x, threat.norm, threat.eps, system.bounds)
         try:
-            verdict = _judge_with_record(oracle, candidates, x, y, goal_targets, record)
+            verdict = _judge_with_record(
+                oracle, candidates, x, y, goal_targets, record, closest=self.minimizes
+            )
         except SystemFailure as failure:
             error = error or str(failure)
             verdict = _verdict_from_record(x, record)
@@ -344,9 +346,14 @@ def _judge_with_record(
     y: Tensor,
     targets: Tensor | None,
     record: Record,
+    *,
+    closest: bool,
 ) -> Verdict:
-    """The system's verdict on the candidates, improved by the record where it holds a closer
-    (or the only) adversarial input the attacker saw."""
+    """The system's verdict on the candidates, improved by the record where it holds the only
+    adversarial input the attacker saw, or (``closest``, for minimizing attacks) a closer one.
+
+    A bounded attack's own success is kept even when a closer one was seen: its output is
+    what the attacker chose (deep inside the wrong class, say, which transfers better)."""
     if not len(x):
         empty = torch.zeros(0, dtype=torch.float64)
         return candidates, torch.zeros(0, dtype=torch.bool), y.clone(), empty
@@ -360,7 +367,9 @@ def _judge_with_record(
     predictions = predictions.to(y.device)
     success = _success(predictions, y, targets)
     distance = norm_of(candidates - x, record.norm).double()
-    swap = record.found & (~success | (record.distance < distance))
+    swap = record.found & ~success
+    if closest:
+        swap |= record.found & (record.distance < distance)
     if bool(swap.any()):
         rows = swap.nonzero().squeeze(1)
         alt_probs = oracle._judge(record.best[rows])

@@ -34,8 +34,9 @@ class PGD(Attack):
     into the ball. Shapes: ``x`` is ``(n, *input_shape)`` inside the bounds.
 
     Every gradient query also returns the logits at the current iterate, so success is seen
-    for free: the first iterate the system gets wrong (or right, for the target) is kept, and
-    a later step never loses it. With ``stop_early`` a sample stops there, and the batch is
+    for free. The result is the last iterate (deepest in the wrong class); if a later step lost
+    a success seen earlier, the attack base restores that one from the oracle's record, so a
+    success is never lost. With ``stop_early`` a sample stops at its first success, and the batch is
     compacted so only the samples still standing are forwarded and backwarded. A restart
     runs again, from a fresh random start, only on the samples not yet broken; to know which
     those are it asks the labels of the last iterates (one query per sample still standing).
@@ -99,8 +100,10 @@ class PGD(Attack):
             if len(rows) == 0:
                 break
             last = self._descend(oracle, x, y, targets, noise, rows, restart, step, x_adv, broken)
+            # the last iterates are the result; a success seen earlier that a later step lost
+            # is restored by the attack base from the oracle's record
+            x_adv[rows] = last
             standing = rows[~broken[rows]]
-            x_adv[standing] = last[~broken[rows]]
             if restart + 1 < self.restarts and len(standing):
                 # the last iterates were never checked; one label query tells which fell
                 labels = oracle.labels(x_adv[standing], rows=standing.cpu())
