@@ -210,6 +210,11 @@ def attack(
     for name, value in rows_out:
         table.add_row(name, value)
     console.print(table)
+    if result.error:
+        errors.print(
+            f"[red]the system failed during the attack[/red] ({int(result.interrupted_mask.sum())}"
+            f" samples not fully attacked; robust accuracy counts only the others): {result.error}"
+        )
     if json_path is not None:
         data_out = result.to_dict()
         data_out["summary"]["clean_accuracy"] = summary["clean_accuracy"]

@@ -72,7 +72,10 @@ class Noise:
     ) -> Tensor:
         """Uniform numbers in [0, 1), shape ``(rows, *shape)``."""
         bits = self._bits(rows, key, shape, torch.device(device))
-        return ((bits >> 8).to(torch.float64) / float(1 << 24)).to(dtype)
+        u = ((bits >> 8).to(torch.float64) / float(1 << 24)).to(dtype)
+        # a narrow dtype can round the largest draws up to 1.0
+        below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+        return torch.minimum(u, below_one.to(u.device))
 
     def normal(
         self,

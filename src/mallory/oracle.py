@@ -272,6 +272,11 @@ class Oracle:
     def scores(self, x: Tensor, ids: Tensor) -> Tensor:
         """Class probabilities; with top-k exposure the hidden ones are NaN."""
         self.require(Access.SCORES, "scores()")
+        if self.threat.exposure is Exposure.LABEL:
+            raise AccessError(
+                f"Scores are not exposed: threat model {self.threat.name!r} has exposure='label'. "
+                "Use labels(), or a threat model that exposes scores."
+            )
         out, _ = self._outputs(x, ids)
         probs = _as_probabilities(out, self.system.output)
         k = self.threat.top_k

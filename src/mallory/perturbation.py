@@ -73,5 +73,9 @@ def project(x_adv: Tensor, x: Tensor, norm: Norm, eps: float | Tensor, bounds: B
     """``x_adv`` moved into the ball around ``x`` and inside the bounds."""
     boxed = bounds.clamp(x_adv)
     if isinstance(eps, float) and math.isinf(eps):
-        return boxed  # exact: x + (boxed - x) may differ from boxed by a rounding step
-    return x + project_ball(boxed - x, norm, eps)
+        return boxed
+    delta = boxed - x
+    pulled = project_ball(delta, norm, eps)
+    # x + (boxed - x) may differ from boxed by a rounding step: keep points inside exact, and
+    # clamp pulled-back points again so rounding cannot leave the box
+    return torch.where(pulled == delta, boxed, bounds.clamp(x + pulled))

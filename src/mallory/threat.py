@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from mallory.errors import InputError, bad_param
 from mallory.features import FeatureConstraints
@@ -206,7 +206,7 @@ def white_box(norm: Norm | str = Norm.LINF, eps: float = math.inf, **changes: An
     """The attacker knows everything (architecture, parameters, the defense) and sees logits."""
     return ThreatModel(
         name="white-box",
-        norm=Norm(norm),
+        norm=cast(Norm, norm),  # ThreatModel validates strings
         eps=eps,
         knowledge=Knowledge.PERFECT,
         exposure=Exposure.LOGITS,
@@ -224,7 +224,7 @@ def score_based(
     """The attacker knows nothing of the model, probes it and sees class probabilities."""
     return ThreatModel(
         name="score-based",
-        norm=Norm(norm),
+        norm=cast(Norm, norm),  # ThreatModel validates strings
         eps=eps,
         knowledge=Knowledge.ZERO,
         exposure=Exposure.SCORES,
@@ -243,7 +243,7 @@ def label_only(
     """The attacker knows nothing of the model, probes it and sees only the predicted label."""
     return ThreatModel(
         name="label-only",
-        norm=Norm(norm),
+        norm=cast(Norm, norm),  # ThreatModel validates strings
         eps=eps,
         knowledge=Knowledge.ZERO,
         exposure=Exposure.LABEL,
@@ -257,7 +257,7 @@ def transfer(norm: Norm | str = Norm.LINF, eps: float = math.inf, **changes: Any
     """The attacker knows the task and has data of its own, not the model; it submits once."""
     return ThreatModel(
         name="transfer",
-        norm=Norm(norm),
+        norm=cast(Norm, norm),  # ThreatModel validates strings
         eps=eps,
         knowledge=Knowledge.LIMITED,
         exposure=Exposure.LABEL,
@@ -276,7 +276,7 @@ def no_knowledge(
     """The attacker knows nothing and sees a label: the cheap tricks of real attackers."""
     return ThreatModel(
         name="no-knowledge",
-        norm=Norm(norm),
+        norm=cast(Norm, norm),  # ThreatModel validates strings
         eps=eps,
         knowledge=Knowledge.ZERO,
         exposure=Exposure.LABEL,

@@ -69,8 +69,11 @@ class Attack:
             if rule.convert is not None:
                 try:
                     value = rule.convert(value)
-                except MalloryError:
-                    raise  # a conversion with its own message (an inner attack's, say)
+                except MalloryError as error:  # its own reason (an inner attack's, say)
+                    raise InputError(
+                        f"The {f.name!r} parameter of {type(self).__name__} must be "
+                        f"{rule.expected}; got {value!r} instead: {error}"
+                    ) from error
                 except (TypeError, ValueError):
                     pass  # reported below in the one message form
             if not rule.test(value):
@@ -154,6 +157,7 @@ class Attack:
         except SystemFailure as failure:
             error = error or str(failure)
             verdict = _verdict_from_record(x, record)
+            finished &= record.found  # unjudged samples: outcome unknown
         x_adv, success, predictions, confidence = verdict
         d = distances(x_adv, x)
         return AttackResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,6 +107,12 @@ class BoundaryAttack(Attack):
         True,
         help="start from other inputs of the batch (the outcome then depends on the batch)",
     )
+
+    @classmethod
+    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """For the registry's conformance suite, which checks that batching never changes an
+        outcome: starts drawn from the batch do depend on it, by design, so they are off."""
+        return {"batch_starts": False}
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

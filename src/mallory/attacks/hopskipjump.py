@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -102,6 +103,12 @@ class HopSkipJump(Attack):
                 f"The 'init_evals' parameter of HopSkipJump ({self.init_evals}) must not exceed "
                 f"'max_evals' ({self.max_evals}); raise max_evals or lower init_evals."
             )
+
+    @classmethod
+    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """For the registry's conformance suite, which checks that batching never changes an
+        outcome: starts drawn from the batch do depend on it, by design, so they are off."""
+        return {"batch_starts": False}
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

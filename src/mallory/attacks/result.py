@@ -106,10 +106,15 @@ class AttackResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Share of samples the attack did not break (untargeted goal only)."""
+        """Share of the samples fully attacked that the attack did not break (untargeted goal
+        only). Samples a system failure left unattacked are not counted as robust: NaN when
+        no sample was fully attacked."""
         if self.threat.goal is not Goal.UNTARGETED:
             raise ValueError("robust accuracy is defined for untargeted attacks; use success_rate")
-        return 1.0 - self.success_rate
+        done = ~self.interrupted_mask
+        if not bool(done.any()):
+            return math.nan
+        return 1.0 - float(self.success[done].double().mean())
 
     def median_distance(self, norm: Norm) -> float:
         """Median distance over the successful samples (NaN when none succeeded)."""

@@ -13,7 +13,7 @@ from mallory.attacks.params import Rule, flag
 from mallory.errors import InputError
 from mallory.noise import Noise
 from mallory.oracle import Access, Oracle, OracleView
-from mallory.surrogate import Surrogate, fits, surrogate_oracle
+from mallory.surrogate import Surrogate, fits, surrogate_oracle, train_surrogate
 from mallory.threat import Goal, Norm
 
 NO_SURROGATE = (
@@ -130,6 +130,19 @@ class Transfer(Attack):
             self.attack.check_applicable(surrogate_oracle(self.surrogate, oracle.threat))
         except InputError as error:
             raise InputError(f"{self.name} with inner attack {error}") from None
+
+    @classmethod
+    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """For the registry's conformance suite: a surrogate (an MLP) trained on its samples."""
+        surrogate = train_surrogate(
+            x,
+            y,
+            architecture="mlp",
+            epochs=20,
+            num_classes=system.num_classes,
+            bounds=system.bounds,
+        )
+        return {"surrogate": surrogate}
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise
