@@ -9,9 +9,9 @@ clean input. :func:`find_starts` finds such a point for each sample, cheapest so
 2. the closest other input of the batch whose label reaches this sample's goal (any other
    class when untargeted, the target class when targeted): no further query, but the choice
    depends on which samples share the batch;
-3. each :data:`Proposer` in turn (by default uniform noise inside the bounds, a few draws):
-   a function that proposes one candidate per sample still without a start. A battery of
-   cheap "natural" candidates plugs in here, ahead of the noise.
+3. each :data:`Proposer` in turn (by default the cheap tricks of real attackers on images,
+   then uniform noise inside the bounds, a few draws): a function that proposes one candidate
+   per sample still without a start.
 
 :func:`boundary_search` then bisects the segment (L2) or the shrinking box (Linf) between the
 clean input and the starting point, to land just on the adversarial side of the boundary.
@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from mallory import transforms
 from mallory.noise import Noise
 from mallory.oracle import OracleView
 from mallory.perturbation import norm_of
@@ -97,6 +98,30 @@ def uniform_noise(tries: int = 5) -> Proposer:
     return propose
 
 
+def cheap_tricks() -> Proposer:
+    """A proposer of the cheap tricks of real attackers, for images (C, H, W): cover the
+    centre, shift by a quarter, rotate by 45 degrees, blur hard, wash out the contrast; one
+    trick per attempt, deterministic. Tabular inputs get no proposal."""
+
+    def propose(
+        x: Tensor, rows: Tensor, box: tuple[Tensor, Tensor], noise: Noise, attempt: int
+    ) -> Tensor | None:
+        if x.dim() != 4:
+            return None
+        height, width = x.shape[-2:]
+        dark = float(box[0].min())
+        tricks = (
+            lambda: transforms.occlude(x, height // 4, width // 4, max(1, height // 2), dark),
+            lambda: transforms.shift(x, width // 4, height // 4, dark),
+            lambda: transforms.rotate(x, 45.0, dark),
+            lambda: transforms.blur(x, max(1.0, height / 10)),
+            lambda: transforms.contrast(x, 0.3),
+        )
+        return tricks[attempt]() if attempt < len(tricks) else None
+
+    return propose
+
+
 def find_starts(
     probe: LabelProbe,
     x: Tensor,
@@ -109,8 +134,8 @@ def find_starts(
 
     Samples without a start keep their clean input (mask False). See the module docstring for
     the order of the sources; ``batch=False`` skips the other inputs of the batch (the outcome
-    then no longer depends on which samples share it); ``proposers`` default to five draws of
-    uniform noise.
+    then no longer depends on which samples share it); ``proposers`` default to the cheap
+    tricks, then five draws of uniform noise.
     """
     n = len(x)
     device = x.device
@@ -128,7 +153,7 @@ def find_starts(
         _closest_in_batch(probe, x, labels, starts, found)
 
     box = probe.oracle.bounds.on(x)
-    for propose in (uniform_noise(),) if proposers is None else proposers:
+    for propose in (cheap_tricks(), uniform_noise()) if proposers is None else proposers:
         attempt = 0
         while True:
             rows = (~found & (probe.left > 0)).nonzero().squeeze(1)
