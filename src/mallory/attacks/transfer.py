@@ -92,7 +92,7 @@ class Transfer(Attack):
             hand over their final iterate, deep in the surrogate's wrong class, which transfers
             best: on MNIST (own-data CNN surrogate, 1,000 digits), pgd reached 68% on the zoo
             CNN and fgsm 63%, against 12% for random sign noise of the same eps. A
-            minimal-perturbation attack (cw, deepfool) hands over inputs that barely cross the
+            minimal-perturbation attack (deepfool, say) hands over inputs that barely cross the
             surrogate's boundary, and those rarely transfer.
         submit: query the target's label of each result (default True, one query per
             sample); False leaves the target untouched and only the evaluator judges.
