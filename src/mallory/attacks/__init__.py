@@ -3,6 +3,7 @@
 from mallory.attacks import (  # noqa: F401  (registers)
     battery,
     boundary,
+    cw,
     deepfool,
     estimate,
     fgsm,
