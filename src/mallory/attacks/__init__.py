@@ -16,13 +16,22 @@ from mallory.attacks import (  # noqa: F401  (registers)
     tabular,
     transfer,
 )
-from mallory.attacks.base import REGISTRY, Attack, attack_class, create, list_attacks, register
+from mallory.attacks.base import (
+    REGISTRY,
+    Attack,
+    Family,
+    attack_class,
+    create,
+    list_attacks,
+    register,
+)
 from mallory.attacks.result import AttackResult
 
 __all__ = [
     "REGISTRY",
     "Attack",
     "AttackResult",
+    "Family",
     "attack_class",
     "create",
     "list_attacks",

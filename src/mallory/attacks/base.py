@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -40,6 +40,25 @@ from mallory.threat import Goal, Norm, Targets
 
 REGISTRY: dict[str, type[Attack]] = {}
 
+
+class Family(IntEnum):
+    """What kind of attacker an attack assumes, in the order of what it costs the attacker:
+    a campaign runs the cheap tricks first and white-box gradients last."""
+
+    TRICK = 0  # zero-knowledge transformations anyone can try (noise, blur, feature edits)
+    DECISION = 1  # query attacks that see only the predicted label
+    SCORE = 2  # query attacks that see the scores
+    TRANSFER = 3  # a surrogate model built by the attacker, then a few queries
+    GRADIENT = 4  # white-box: the model's gradients
+
+    @staticmethod
+    def of_access(access: Access) -> Family:
+        return {
+            Access.LABELS: Family.DECISION,
+            Access.SCORES: Family.SCORE,
+            Access.GRADIENTS: Family.GRADIENT,
+        }[access]
+
 A = TypeVar("A", bound="type[Attack]")
 
 
@@ -52,6 +71,7 @@ class Attack:
     norms: ClassVar[frozenset[Norm]] = frozenset(Norm)
     goals: ClassVar[frozenset[Goal]] = frozenset(Goal)
     minimizes: ClassVar[bool] = False  # searches for a minimal perturbation; eps may be inf
+    family: ClassVar[Family | None] = None  # None: derived from ``access``
     paper: ClassVar[str] = ""
 
     batch_size: int | None = integer(
@@ -264,6 +284,11 @@ class Attack:
         return out
 
     @classmethod
+    def attacker_family(cls) -> Family:
+        """The attacker this attack assumes (campaigns order attacks by it)."""
+        return cls.family if cls.family is not None else Family.of_access(cls.access)
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         """Name, paper, required access, norms, goals and every parameter with its help."""
         params = {}
@@ -281,6 +306,7 @@ class Attack:
             "norms": sorted(n.value for n in cls.norms),
             "goals": sorted(g.value for g in cls.goals),
             "minimizes": cls.minimizes,
+            "family": cls.attacker_family().name.lower(),
             "paper": cls.paper,
             "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
             "params": params,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mallory.attacks.base import Attack, register
+from mallory.attacks.base import Attack, Family, register
 from mallory.attacks.natural import (
     APRUZZESE,
     Blur,
@@ -100,6 +100,7 @@ class CheapBattery(Attack):
     """
 
     access = Access.LABELS
+    family = Family.TRICK
     minimizes = True
     paper = APRUZZESE
 

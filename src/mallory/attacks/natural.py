@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from mallory import transforms
-from mallory.attacks.base import Attack, register
+from mallory.attacks.base import Attack, Family, register
 from mallory.attacks.params import integer, real
 from mallory.errors import InputError
 from mallory.noise import Noise
@@ -68,6 +68,7 @@ class Trick(Attack):
     """
 
     access = Access.LABELS
+    family = Family.TRICK
     minimizes = True
     images_only: ClassVar[bool] = True
     key: ClassVar[int] = 0  # first noise key of the trick (keys of different tricks differ)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mallory.attacks.base import Attack, create, list_attacks, register
+from mallory.attacks.base import Attack, Family, create, list_attacks, register
 from mallory.attacks.params import Rule, flag
 from mallory.errors import InputError
 from mallory.noise import Noise
@@ -106,6 +106,7 @@ class Transfer(Attack):
     """
 
     access = Access.LABELS
+    family = Family.TRANSFER
     norms = frozenset(Norm)  # narrowed by the inner attack in check_applicable
     goals = frozenset(Goal)
     paper = "Papernot et al., Practical Black-Box Attacks against Machine Learning, AsiaCCS 2017"
