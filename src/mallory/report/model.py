@@ -1,0 +1,260 @@
+"""The Report: what a campaign found, as plain data (it serializes to JSON and back).
+
+Rendering (terminal, HTML) reads only these values; the store and the metrics build them. The
+JSON form is documented in ``docs/report-schema.md``; ``SCHEMA`` names its version. Numbers a
+campaign could not measure are ``None`` in JSON (NaN in Python). Inputs (gallery and grid
+images, tabular rows) are flat lists of floats in the dataset's own units, with the run's
+``input_shape``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+SCHEMA = "mallory.report/1"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A step function: ``y[i]`` holds from ``x[i]`` up to ``x[i + 1]``."""
+
+    x: list[float]
+    y: list[float]
+    x_label: str
+    y_label: str
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """``counts[i]`` values fell in ``[edges[i], edges[i + 1])`` (the last bin is closed)."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What the attacker spent: queries, gradient evaluations, wall seconds, money."""
+
+    queries: int = 0
+    gradients: int = 0
+    seconds: float = 0.0
+    money: float = 0.0
+
+
+@dataclass(frozen=True)
+class AttackSummary:
+    """One attack of a threat model's sequence, run on the samples still standing.
+
+    ``broken`` samples fell to this attack and to none before it (its marginal gain);
+    ``success_rate`` is ``broken / attempted``; ``marginal_gain`` is ``broken / samples`` of the
+    threat model; ``standing_after`` is the share of the threat model's samples still
+    standing after it (for untargeted threat models, the robust accuracy after this attack).
+    """
+
+    attack: str
+    family: str
+    params: dict[str, Any]
+    attempted: int
+    broken: int
+    success_rate: float
+    marginal_gain: float
+    standing_after: float
+    ledger: Ledger
+    interrupted: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One broken sample for the gallery: the clean input, the adversarial input, what the
+    system said on each, and what it cost to find."""
+
+    sample: int
+    attack: str
+    label: int
+    prediction: int
+    target: int | None
+    clean_confidence: float
+    confidence: float
+    l0: float
+    l2: float
+    linf: float
+    queries: int
+    original: list[float]
+    adversarial: list[float]
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """Targeted grid cell: the source class's sample pushed toward ``target``."""
+
+    source: int
+    target: int
+    success: bool
+    confidence: float
+    l0: float
+    l2: float
+    adversarial: list[float]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The source x target grid of a targeted threat model: one sample per source class
+    (``originals[k]`` of class ``classes[k]``), attacked toward every other class."""
+
+    attack: str
+    classes: list[int]
+    originals: list[list[float]]
+    cells: list[GridCell]
+
+
+@dataclass(frozen=True)
+class ThreatSummary:
+    """What one threat model found.
+
+    ``samples`` counts the samples it covers; ``attacked`` those the system got right before
+    any attack (the others count as broken at zero cost). ``robust_accuracy`` (untargeted
+    goal only, else NaN) is the share of ``samples`` correct and never broken; for a targeted
+    goal ``success_rate`` is the share of ``attacked`` samples pushed to their target.
+    ``median_distance`` maps l0/l2/linf to the median distance of the breaking inputs.
+    ``effort`` maps queries/seconds/money to survival curves: the share of ``attacked``
+    samples still standing against the attacker's spend per sample; ``effort_median`` is the
+    median spend to the first mistake over the broken samples. ``epsilon_curve`` is accuracy
+    against the perturbation size in the threat model's norm (from the distances found: an
+    upper bound on the true robust accuracy). ``confidence`` is the system's confidence on each
+    mistake; ``review_share`` the share of mistakes inside the run's review band.
+    """
+
+    name: str
+    threat: dict[str, Any]
+    goal: str
+    norm: str
+    eps: float
+    samples: int
+    attacked: int
+    broken: int
+    robust_accuracy: float
+    success_rate: float
+    attacks: list[AttackSummary]
+    median_distance: dict[str, float]
+    effort: dict[str, Curve]
+    effort_median: dict[str, float]
+    epsilon_curve: Curve
+    confidence: list[float]
+    confidence_histogram: Histogram
+    review_share: float
+    ledger: Ledger
+    examples: list[Example] = field(default_factory=list)
+    grid: Grid | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole campaign run: the system, the data, clean accuracy, one summary per threat
+    model (in the campaign's order, cheapest first) and the total ledger.
+
+    ``status`` is ``complete``, or ``partial`` when the run stopped before its last attack
+    (the numbers then cover only what ran). ``review_band`` is the ``[low, high]`` range of
+    confidence that a human would review.
+    """
+
+    run: str
+    created: str
+    status: str
+    system: str
+    dataset: str
+    samples: int
+    seed: int
+    clean_accuracy: float
+    input_shape: list[int]
+    bounds: list[float]
+    class_names: list[str]
+    feature_names: list[str] | None
+    review_band: list[float]
+    threats: list[ThreatSummary]
+    ledger: Ledger
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes None, infinities become "inf"/"-inf"."""
+        return _jsonable(asdict(self))
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The inverse of :meth:`to_dict` (a ``ValueError`` names what does not fit)."""
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} report (schema={data.get('schema')!r})")
+        return _build(cls, data, "report")
+
+    def threat(self, name: str) -> ThreatSummary:
+        for summary in self.threats:
+            if summary.name == name:
+                return summary
+        known = ", ".join(t.name for t in self.threats)
+        raise KeyError(f"no threat model {name!r} in run {self.run!r}; it has: {known}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _number(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if value in ("inf", "-inf"):
+        return float(value)
+    return value
+
+
+def _build(kind: Any, data: Any, where: str) -> Any:
+    """Rebuild a value of type ``kind`` from its JSON form (dataclasses, lists, dicts)."""
+    origin = get_origin(kind)
+    if is_dataclass(kind) and isinstance(kind, type):
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        hints = get_type_hints(kind)
+        values = {}
+        for f in fields(kind):
+            if f.name in data:
+                values[f.name] = _build(hints[f.name], data[f.name], f"{where}.{f.name}")
+        try:
+            return kind(**values)
+        except TypeError as error:
+            raise ValueError(f"{where}: {error}") from None
+    if origin is list:
+        (item,) = get_args(kind)
+        if not isinstance(data, list):
+            raise ValueError(f"{where}: expected a list, got {type(data).__name__}")
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        _, item = get_args(kind)
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        return {k: _build(item, v, f"{where}.{k}") for k, v in data.items()}
+    args = [a for a in get_args(kind) if a is not type(None)]
+    if args and data is None:
+        return None
+    if len(args) == 1 and args[0] is not Any:
+        return _build(args[0], data, where)
+    if kind is float:
+        return float(_number(data))
+    return data
