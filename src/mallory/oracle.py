@@ -166,6 +166,18 @@ class Oracle:
             left = left.clamp_max(float(max(total - self.total_queries, 0)))
         return left
 
+    def restore(self, ids: Tensor, queries: Tensor, gradients: Tensor, seconds: Tensor) -> None:
+        """Enter what was spent on ``ids`` before (a resumed campaign replays its store), so
+        budgets count it. Never for attacks: it only adds to the ledger."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        self._grow(ids)
+        self._queries.index_add_(0, ids, queries.to(torch.int64))
+        self._gradients.index_add_(0, ids, gradients.to(torch.int64))
+        self._seconds.index_add_(0, ids, seconds.to(torch.float64))
+        self.total_queries += int(queries.sum())
+        self.total_gradients += int(gradients.sum())
+        self.seconds += float(seconds.sum())
+
     @property
     def money(self) -> float:
         return self.total_queries * self.threat.price_per_query
