@@ -1,0 +1,193 @@
+"""The report in the terminal (rich tables), and as plain lines of text.
+
+Report strings are never read as rich markup: a system named ``[red]x`` prints as written.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mallory.report.fmt import count, delta, ledger_text, num, pct
+from mallory.report.model import AttackSummary, Report, ThreatSummary
+from mallory.report.views import (
+    DISTANCE_NAMES,
+    DISTANCES,
+    EFFORTS,
+    check_reports,
+    goal_text,
+    headline,
+    paired_threats,
+    system_labels,
+)
+
+_PARTIAL = "partial run: it stopped before its last attack; the numbers cover only what ran"
+
+
+def _attack_line(index: int, attack: AttackSummary) -> str:
+    line = (
+        f"  {index}. {attack.attack} ({attack.family}): broke {count(attack.broken)}/"
+        f"{count(attack.attempted)} ({pct(attack.success_rate)}), marginal gain "
+        f"{pct(attack.marginal_gain)}, standing after {pct(attack.standing_after)}, "
+        f"{count(attack.ledger.queries)} queries"
+    )
+    if attack.interrupted:
+        line += f", {count(attack.interrupted)} interrupted"
+    if attack.error:
+        line += f", error: {attack.error}"
+    return line
+
+
+def _threat_line(threat: ThreatSummary) -> str:
+    kind, value = headline(threat)
+    distance = threat.median_distance.get(threat.norm, math.nan)
+    return (
+        f"{threat.name} ({goal_text(threat)}): {kind} {pct(value)}, "
+        f"median {DISTANCE_NAMES.get(threat.norm, threat.norm)} {num(distance)}, "
+        f"median queries to first mistake {num(threat.effort_median.get('queries', math.nan))}, "
+        f"review share {pct(threat.review_share)}"
+    )
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The report's findings as plain lines: the run, clean accuracy, then per threat model
+    its headline numbers and its attack sequence with marginal gains."""
+    lines = [
+        f"{report.system} on {report.dataset}: {count(report.samples)} samples, run "
+        f"{report.run}, seed {report.seed}, status {report.status}"
+    ]
+    if report.status == "partial":
+        lines.append(f"warning: {_PARTIAL}")
+    lines.append(f"clean accuracy {pct(report.clean_accuracy)}")
+    for threat in report.threats:
+        lines.append(_threat_line(threat))
+        lines.extend(_attack_line(i, a) for i, a in enumerate(threat.attacks, 1))
+    lines.append(f"attacker's total spend: {ledger_text(report.ledger)}")
+    return lines
+
+
+def _matrix(report: Report) -> Table:
+    table = Table(title="Threat models (cheapest attacker first)", title_justify="left")
+    for name in ("threat model", "goal · norm ≤ ε", "robust acc. / success"):
+        table.add_column(name)
+    for d in DISTANCES:
+        table.add_column(f"median {DISTANCE_NAMES[d]}", justify="right")
+    for e in EFFORTS:
+        table.add_column(f"median {e}", justify="right")
+    table.add_column("review share", justify="right")
+    for t in report.threats:
+        kind, value = headline(t)
+        table.add_row(
+            Text(t.name),
+            Text(goal_text(t)),
+            f"{pct(value)} {kind}",
+            *(num(t.median_distance.get(d, math.nan)) for d in DISTANCES),
+            *(num(t.effort_median.get(e, math.nan)) for e in EFFORTS),
+            pct(t.review_share),
+        )
+    return table
+
+
+def _attacks(threat: ThreatSummary) -> Table:
+    table = Table(title=Text(f"{threat.name}: attack sequence"), title_justify="left")
+    for name in ("#", "attack", "family", "broken / attempted", "success rate"):
+        table.add_column(name, justify="right" if name == "#" else "left")
+    for name in ("marginal gain", "standing after", "queries", "gradients", "seconds"):
+        table.add_column(name, justify="right")
+    table.add_column("errors")
+    for i, a in enumerate(threat.attacks, 1):
+        problems = [f"{count(a.interrupted)} interrupted"] if a.interrupted else []
+        problems += [a.error] if a.error else []
+        table.add_row(
+            str(i),
+            Text(a.attack),
+            Text(a.family),
+            f"{count(a.broken)} / {count(a.attempted)}",
+            pct(a.success_rate),
+            pct(a.marginal_gain),
+            pct(a.standing_after),
+            count(a.ledger.queries),
+            count(a.ledger.gradients),
+            num(a.ledger.seconds),
+            Text("; ".join(problems) or "—", style="red" if problems else ""),
+        )
+    return table
+
+
+def _compare_matrix(reports: list[Report], labels: list[str]) -> Table:
+    table = Table(title="Threat models: second run against first", title_justify="left")
+    table.add_column("threat model")
+    table.add_column("metric")
+    for label in labels:
+        table.add_column(Text(label), justify="right")
+    table.add_column("Δ", justify="right")
+    for name, found in paired_threats(reports):
+        known = next(t for t in found if t is not None)
+        kind = headline(known)[0]
+        values = [headline(t)[1] if t else math.nan for t in found]
+        table.add_row(Text(name), kind, *map(pct, values), delta(*values, share=True))
+        norm = DISTANCE_NAMES.get(known.norm, known.norm)
+        dist = [t.median_distance.get(known.norm, math.nan) if t else math.nan for t in found]
+        table.add_row("", f"median {norm}", *map(num, dist), delta(*dist))
+        spend = [t.effort_median.get("queries", math.nan) if t else math.nan for t in found]
+        table.add_row("", "median queries", *map(num, spend), delta(*spend))
+        review = [t.review_share if t else math.nan for t in found]
+        table.add_row(
+            "", "review share", *map(pct, review), delta(*review, share=True), end_section=True
+        )
+    return table
+
+
+def _compare_attacks(name: str, found: list[ThreatSummary | None], labels: list[str]) -> Table:
+    table = Table(title=Text(f"{name}: attack sequence"), title_justify="left")
+    table.add_column("attack")
+    for label in labels:
+        table.add_column(Text(f"{label}\nmarginal gain"), justify="right")
+    table.add_column("Δ gain", justify="right")
+    for label in labels:
+        table.add_column(Text(f"{label}\nstanding after"), justify="right")
+    table.add_column("Δ standing", justify="right")
+    names: list[str] = []
+    for threat in found:
+        names.extend(a.attack for a in (threat.attacks if threat else []) if a.attack not in names)
+    runs = [{a.attack: a for a in (t.attacks if t else [])} for t in found]
+    for attack in names:
+        pair = [r.get(attack) for r in runs]
+        gains = [a.marginal_gain if a else math.nan for a in pair]
+        after = [a.standing_after if a else math.nan for a in pair]
+        table.add_row(
+            Text(attack),
+            *map(pct, gains),
+            delta(*gains, share=True),
+            *map(pct, after),
+            delta(*after, share=True),
+        )
+    return table
+
+
+def render_terminal(reports: list[Report], console: Console | None = None) -> None:
+    """Print one run, or two runs side by side with their differences (second minus first)."""
+    check_reports(reports, "render_terminal")
+    out = console or Console()
+    labels = system_labels(reports)
+    for report, label in zip(reports, labels, strict=True):
+        out.print(Text(f"{label} on {report.dataset}", style="bold"), end=" ")
+        out.print(Text(f"run {report.run} · {count(report.samples)} samples · seed {report.seed}"))
+        out.print(f"clean accuracy [bold]{pct(report.clean_accuracy)}[/bold]")
+        if report.status == "partial":
+            out.print(Text(f"warning: {_PARTIAL}", style="bold yellow"))
+        out.print(Text(f"attacker's total spend: {ledger_text(report.ledger)}"))
+    if len(reports) == 1:
+        out.print(_matrix(reports[0]))
+        for threat in reports[0].threats:
+            out.print(_attacks(threat))
+        return
+    a, b = reports
+    change = delta(a.clean_accuracy, b.clean_accuracy, share=True)
+    out.print(f"Δ clean accuracy (second − first): {change}")
+    out.print(_compare_matrix(reports, labels))
+    for name, found in paired_threats(reports):
+        out.print(_compare_attacks(name, found, labels))
