@@ -1,4 +1,5 @@
-"""The command-line tool: ``mallory attack``, ``mallory list``, ``mallory serve``."""
+"""The command-line tool: ``mallory attack``, ``mallory list``, ``mallory serve``; the campaign
+commands (``evaluate``, ``report``, ``compare``, ``demo``) live in :mod:`mallory.cli_runs`."""
 
 from __future__ import annotations
 
@@ -378,6 +379,8 @@ def serve(
 def main() -> None:
     app()
 
+
+from mallory import cli_runs  # noqa: E402, F401  (registers evaluate, report, compare, demo)
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,9 @@ white-box attacks (:class:`~mallory.attacks.base.Family`). One Oracle per threat
 one ledger, so a per-sample query budget covers the whole sequence.
 
 Work is committed to the :class:`~mallory.store.Store` in units of one attack on one chunk of
-samples. The samples a unit attacks follow only from what the store holds (the standing
+samples. Under an unbounded threat model (eps = inf) every sample falls to some perturbation,
+so each attack runs on every attacked sample and the worst case per sample is the smallest
+perturbation found. The samples a unit attacks follow only from what the store holds (the standing
 samples, sorted by id, cut in chunks), and every random draw is keyed by the run's seed and the
 sample id, so a run resumed after a crash does exactly what the uninterrupted run would.
 """
@@ -79,7 +81,7 @@ def default_attacks(
                 attack = create(name, surrogate=surrogate)
             else:
                 attack = create(name)
-            if math.isinf(threat.eps) and not attack.minimizes:
+            if math.isinf(threat.eps) and (family is Family.TRICK or not attack.minimizes):
                 continue  # unbounded: only a minimal perturbation says something
             if applicable(attack, oracle):
                 chosen.append(attack)
@@ -172,9 +174,11 @@ class Campaign:
         if not isinstance(self.name, str) or not self.name.strip():
             raise InputError(f"A campaign needs a non-empty name; got {self.name!r}.")
         if not isinstance(self.system, System):
-            raise InputError(f"A campaign needs a mallory System; got {type(self.system).__name__}.")
+            raise InputError(
+                f"A campaign needs a mallory System; got {type(self.system).__name__}."
+            )
         if not isinstance(self.data, Dataset) or len(self.data) == 0:
-            raise InputError("A campaign needs a non-empty mallory Dataset (x, y, bounds, names).")
+            raise InputError("A campaign needs a non-empty mallory Dataset (x, y, bounds, ...).")
         if tuple(self.data.input_shape) != tuple(self.system.input_shape):
             raise InputError(
                 f"The dataset {self.data.name!r} has inputs of shape {tuple(self.data.input_shape)}"
@@ -287,8 +291,11 @@ class Campaign:
             correct = predictions == y
             rows: list[tuple[int, int]] = []
             classes = self.system.num_classes
-            firsts = [int(torch.nonzero(correct & (y == c))[0]) for c in range(classes)
-                      if bool((correct & (y == c)).any())]
+            firsts = [
+                int(torch.nonzero(correct & (y == c))[0])
+                for c in range(classes)
+                if bool((correct & (y == c)).any())
+            ]
             for s in firsts:
                 rows += [(s, t) for t in range(classes) if t != int(y[s])]
             src = torch.tensor([s for s, _ in rows], dtype=torch.int64)
@@ -327,7 +334,7 @@ class Campaign:
             self._replay(db, oracle, t, shape)
         bar = bars.add(plan.threat.name, len(plan.attacks))
         for a, attack in enumerate(plan.attacks):
-            bars.describe(bar, f"{plan.threat.name}: {attack.name} on {len(standing)} standing")
+            bars.describe(bar, f"{plan.threat.name}: {attack.name} on {len(standing)} samples")
             chunks = [standing[k : k + self.chunk] for k in range(0, len(standing), self.chunk)]
             for c, part in enumerate(chunks):
                 if (t, a, c) in done:
@@ -336,16 +343,27 @@ class Campaign:
                 outcomes, unit = self._attack(oracle, attack, t, a, c, part, rows_of, samples)
                 db.commit_unit(self.name, unit, outcomes)
                 if listener is not None:
-                    listener("unit", {"threat": plan.threat.name, "attack": attack.name,
-                                      "chunk": c, "samples": len(part),
-                                      "broken": int(outcomes.success.sum())})
-            result = db.outcomes(self.name, t, a, shape, inputs=False)
-            broken = set(result.ids[result.success].tolist())
-            standing = torch.tensor(
-                [int(i) for i in standing if int(i) not in broken], dtype=torch.int64
-            )
+                    listener(
+                        "unit",
+                        {
+                            "threat": plan.threat.name,
+                            "attack": attack.name,
+                            "chunk": c,
+                            "samples": len(part),
+                            "broken": int(outcomes.success.sum()),
+                        },
+                    )
+            if math.isfinite(plan.threat.eps):
+                result = db.outcomes(self.name, t, a, shape, inputs=False)
+                broken = set(result.ids[result.success].tolist())
+                standing = torch.tensor(
+                    [int(i) for i in standing if int(i) not in broken], dtype=torch.int64
+                )
             bars.advance(bar)
-        bars.describe(bar, f"{plan.threat.name}: {len(standing)} of {len(ids)} standing")
+        if math.isfinite(plan.threat.eps):
+            bars.describe(bar, f"{plan.threat.name}: {len(standing)} of {len(ids)} standing")
+        else:
+            bars.describe(bar, f"{plan.threat.name}: smallest perturbations found")
 
     def _attack(
         self,

@@ -6,6 +6,9 @@ system or the data. Definitions (per threat model):
 * a sample is *broken* when some attack of the sequence found an input inside the perturbation
   set that the system gets wrong (untargeted) or classifies as the target (targeted); clean
   mistakes count as broken at zero cost (and are not attacked);
+* under an unbounded threat model (eps = inf) every attack ran on every sample; the breaking
+  input of a sample is then the closest one found (distances, confidence and gallery use it),
+  and its effort is still what was spent up to its first mistake;
 * robust accuracy = samples correct and never broken / all samples (untargeted only);
 * marginal gain of an attack = samples it broke that no earlier attack broke / all samples;
 * effort to the first mistake = what the attacker spent on a sample (queries, seconds, money),
@@ -96,6 +99,8 @@ def _threat(
     correct = (samples.predictions == samples.labels)[rows]
     attacked = int(correct.sum())
     untargeted = threat["goal"] == "untargeted"
+    norm = threat["norm"]
+    unbounded = math.isinf(_as_float(threat["eps"]))
     spent = {m: torch.zeros(n, dtype=torch.float64) for m in MEASURES}
     position = {int(i): k for k, i in enumerate(ids)}
     breaking: dict[int, tuple[str, Outcomes, int]] = {}  # id -> (attack, outcomes, row)
@@ -113,6 +118,10 @@ def _threat(
         for r in torch.nonzero(out.success).flatten().tolist():
             sid = int(out.ids[r])
             if sid in breaking:
+                # unbounded threat models run every attack on every sample: keep the closest
+                _, held, k = breaking[sid]
+                if unbounded and float(getattr(out, norm)[r]) < float(getattr(held, norm)[k]):
+                    breaking[sid] = (entry["name"], out, r)
                 continue
             breaking[sid] = (entry["name"], out, r)
             newly += 1
@@ -139,9 +148,10 @@ def _threat(
             )
         )
     broken = len(breaking)
-    norm = threat["norm"]
-    distances = {d: _median([float(getattr(o, d)[r]) for _, o, r in breaking.values()])
-                 for d in ("l0", "l2", "linf")}
+    distances = {
+        d: _median([float(getattr(o, d)[r]) for _, o, r in breaking.values()])
+        for d in ("l0", "l2", "linf")
+    }
     confidence = [float(o.confidence[r]) for _, o, r in breaking.values()]
     low, high = config["review_band"]
     finite = [c for c in confidence if not math.isnan(c)]
@@ -164,8 +174,12 @@ def _threat(
         effort={m: _survival(effort[m][on_correct], spent[m][on_correct], m) for m in MEASURES},
         effort_median={m: _median(effort[m][~effort[m].isnan()].tolist()) for m in MEASURES},
         epsilon_curve=_epsilon_curve(
-            [float(getattr(o, norm)[r]) for _, o, r in breaking.values()], attacked, n, eps,
-            norm, untargeted,
+            [float(getattr(o, norm)[r]) for _, o, r in breaking.values()],
+            attacked,
+            n,
+            eps,
+            norm,
+            untargeted,
         ),
         confidence=confidence,
         confidence_histogram=_histogram(finite),
@@ -185,8 +199,11 @@ def _survival(broken_at: Tensor, spent: Tensor, measure: str) -> Curve:
     """Share of attacked samples still standing against the spend per sample: a step down at
     each broken sample's effort; samples never broken stay standing (up to what was spent)."""
     total = len(broken_at)
-    label = {"queries": "queries per sample", "seconds": "seconds per sample",
-             "money": "money per sample"}[measure]
+    label = {
+        "queries": "queries per sample",
+        "seconds": "seconds per sample",
+        "money": "money per sample",
+    }[measure]
     if total == 0:
         return Curve([], [], label, "share standing")
     hits = torch.sort(broken_at[~broken_at.isnan()]).values.tolist()
@@ -220,9 +237,7 @@ def _epsilon_curve(
         return Curve([], [], f"{norm} perturbation", y_label)
     hits = sorted(d for d in found if not math.isnan(d))
     xs, ys = [0.0], [attacked / base]
-    fallen = 0
-    for d in hits:
-        fallen += 1
+    for fallen, d in enumerate(hits, start=1):
         if xs[-1] == d:
             ys[-1] = (attacked - fallen) / base
         else:
@@ -284,7 +299,7 @@ def _grid(
     plan: dict[str, Any], breaking: dict[int, tuple[str, Outcomes, int]], samples: Samples
 ) -> Grid:
     rows = torch.nonzero(samples.source >= 0).flatten().tolist()
-    sources = sorted({int(samples.source[k]) for k in rows})
+    sources = list(dict.fromkeys(int(samples.source[k]) for k in rows))  # in class order
     index = {int(i): k for k, i in enumerate(samples.ids)}
     classes = [int(samples.labels[index[s]]) for s in sources]
     cells = []

@@ -1,0 +1,451 @@
+"""Campaign files: a TOML file naming the system, the data, the threat models and their attacks,
+read into a :class:`~mallory.evaluation.campaign.Campaign` (the format: ``docs/campaign.md``).
+
+Every mistake in the file is an :class:`~mallory.errors.InputError` that names the file and the
+key path (``threat[1].attacks[0].steps``, arrays counted from 0), says what was wrong and what
+the key accepts: TOML syntax (with line and column), unknown keys (with the closest known one),
+wrong types, missing or conflicting keys, unknown models, datasets, presets and attacks, a model
+file that is not there, data that does not fit the model, threat-model fields and attack
+parameters that their own validation refuses, and attacks a threat model does not allow.
+
+Example::
+
+    loaded = load_campaign("examples/campaign.toml")
+    report = loaded.run()  # resumes from loaded.store when the run is already there
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mallory.attacks.base import Attack, attack_class, create, list_attacks
+from mallory.errors import AccessError, InputError
+from mallory.evaluation.campaign import Campaign, Listener, ThreatPlan, default_attacks
+from mallory.evaluation.config_data import (
+    DataChoice,
+    SystemChoice,
+    Table,
+    closest,
+    kind,
+    plain,
+    read_data,
+    read_system,
+    resolve,
+)
+from mallory.features import FeatureConstraints
+from mallory.oracle import Oracle
+from mallory.surrogate import Architecture, Surrogate, extract_surrogate, train_surrogate
+from mallory.threat import PRESETS, Goal, Targets, ThreatModel
+
+if TYPE_CHECKING:
+    from mallory.report.model import Report
+
+__all__ = ["CampaignFile", "load_campaign", "parse_campaign"]
+
+TOP_KEYS = ("name", "seed", "store", "chunk", "review_band", "system", "data", "threat")
+THREAT_FIELDS = tuple(f.name for f in dataclasses.fields(ThreatModel))
+THREAT_KEYS = ("preset", *THREAT_FIELDS, "grid", "attacks", "surrogate")
+SURROGATE_KEYS = ("source", "samples", "architecture", "epochs", "seed", "rounds", "lam")
+SOURCES = ("own-data", "extract")
+# own data: up to this many labelled samples; extraction: this many seed points (Papernot et al.)
+SURROGATE_SAMPLES = {"own-data": 1000, "extract": 150}
+SURROGATE_EPOCHS = {"own-data": 5, "extract": 10}
+EXTRACTION_ROUNDS = 4
+EXTRACTION_LAM = 0.1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CampaignFile:
+    """A campaign read from a file, and the store its run goes to."""
+
+    campaign: Campaign
+    store: Path
+
+    def run(self, *, progress: bool = True, listener: Listener | None = None) -> Report:
+        """Run (or resume) the campaign in its store."""
+        return self.campaign.run(self.store, progress=progress, listener=listener)
+
+
+def load_campaign(path: str | Path, *, progress: bool = True) -> CampaignFile:
+    """Read and validate the campaign file at ``path``; build its system, data and attacks.
+
+    Relative paths in the file (the model, the data, the store) are read from the file's
+    folder. ``progress`` shows the training of a zoo model that is not cached yet. Building
+    the attacks may train a surrogate (``[threat.surrogate]``), which takes seconds.
+    """
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise InputError(f"No campaign file at {file.resolve()}: it {what}.")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{file}: not UTF-8 text ({error}); a campaign file is TOML.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(
+            f"{file}: not valid TOML: {error}. See docs/campaign.md for the format."
+        ) from None
+    return parse_campaign(data, base=file.resolve().parent, where=str(file), progress=progress)
+
+
+def parse_campaign(
+    data: dict[str, Any], *, base: Path, where: str, progress: bool = True
+) -> CampaignFile:
+    """A campaign from the parsed TOML ``data``: paths are read from ``base``, errors name
+    ``where``, whose stem is the default run name and store name."""
+    top = Table(data, "", where, TOP_KEYS)
+    stem = Path(where).stem or "campaign"
+    name = top.text("name", stem)
+    seed = top.integer("seed", 0)
+    chunk = top.integer("chunk", 100, low=1)
+    band = top.pair("review_band", (0.0, 0.9))
+    if not 0.0 <= band[0] <= band[1] <= 1.0:
+        raise top.fail(
+            "review_band", f"needs 0 <= low <= high <= 1 (confidences); got {list(band)}."
+        )
+    store = resolve(base, top.text("store", f"{stem}.db"))
+    system = read_system(top.get("system"), base=base, where=where, progress=progress)
+    chosen = read_data(top.get("data", None), system, base=base, where=where)
+    threats = top.get("threat")
+    if not isinstance(threats, list) or not threats:
+        got = "an empty array" if threats == [] else f"{kind(threats)}"
+        raise top.fail(
+            "threat",
+            f"must be a non-empty array of tables, one [[threat]] per threat model; got {got}.",
+        )
+    context = _Context(where, seed, system, chosen, {})
+    plans: list[ThreatPlan] = []
+    for i, values in enumerate(threats):
+        plan = _read_threat(values, i, context)
+        for j, other in enumerate(plans):
+            if other.threat.name == plan.threat.name:
+                table = Table(values, f"threat[{i}]", where, THREAT_KEYS)
+                raise table.fail(
+                    "name" if table.has("name") else None,
+                    f"the name {plan.threat.name!r} is already used by threat[{j}]; threat "
+                    'model names must be unique in a campaign: give each a name = "...".',
+                )
+        plans.append(plan)
+    try:
+        campaign = Campaign(
+            name=name,
+            system=system.system,
+            data=chosen.evaluated,
+            plans=tuple(plans),
+            seed=seed,
+            chunk=chunk,
+            review_band=band,
+            system_name=system.name,
+            source=plain(data),
+        )
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+    return CampaignFile(campaign, store)
+
+
+@dataclass(frozen=True)
+class _Context:
+    where: str
+    seed: int
+    system: SystemChoice
+    data: DataChoice
+    surrogates: dict[tuple[Any, ...], Surrogate]  # own-data surrogates, shared across threats
+
+
+def _blame(build: Callable[..., T], params: dict[str, Any], table: Table, prefix: str = "") -> T:
+    """``build(**params)``; an InputError is reported at the key of the parameter that is
+    refused on its own, or at ``prefix`` (the table itself when empty) when only the
+    combination is."""
+    try:
+        return build(**params)
+    except InputError as error:
+        for key, value in params.items():
+            try:
+                build(**{key: value})
+            except InputError as alone:
+                raise table.fail(prefix + key, str(alone)) from None
+        raise table.fail(prefix.rstrip(".") or None, str(error)) from None
+
+
+# ------------------------------------------------------------------------ [[threat]]
+def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
+    table = Table(values, f"threat[{i}]", context.where, THREAT_KEYS)
+    preset = table.text("preset", choices=list(PRESETS))
+    changes = {key: _threat_value(table, key, context) for key in THREAT_FIELDS if table.has(key)}
+    threat = _blame(PRESETS[preset], changes, table)
+    grid = table.flag("grid", False)
+    if grid and threat.goal is not Goal.TARGETED:
+        raise table.fail(
+            "grid",
+            f'grid = true (the source x target grid) needs goal = "targeted"; the threat '
+            f"model {threat.name!r} is {threat.goal.value}.",
+        )
+    if grid:
+        threat = threat.with_(targets=Targets.GIVEN)
+    elif threat.goal is Goal.TARGETED and threat.targets is Targets.GIVEN:
+        raise table.fail(
+            "targets",
+            'targets = "given" needs targets passed with the data, which a campaign file has '
+            'not: use targets = "random", or grid = true.',
+        )
+    surrogate = _Surrogates(table, threat, context)
+    if table.has("attacks"):
+        attacks = _read_attacks(table, surrogate)
+        if table.has("surrogate") and not any(_takes_surrogate(a) for _, a in attacks):
+            raise table.fail(
+                "surrogate",
+                'no attack of this threat model uses a surrogate: add "transfer" to attacks, '
+                "or leave attacks out (the defaults then include transfer).",
+            )
+    else:
+        chosen = default_attacks(threat, context.system.system, surrogate=surrogate.get(None))
+        if not chosen:
+            raise table.fail(
+                None,
+                f"no default attack fits the threat model {threat.name!r} (norm "
+                f"{threat.norm.value}, eps {threat.eps}, exposure {threat.exposure.value}); "
+                "name its attacks = [...].",
+            )
+        attacks = list(enumerate(chosen))
+    oracle = Oracle(context.system.system, threat)
+    for j, attack in attacks:
+        try:
+            attack.check_applicable(oracle)
+        except (InputError, AccessError) as error:
+            raise table.fail(
+                f"attacks[{j}]", f"the threat model {threat.name!r} does not allow it: {error}"
+            ) from None
+    try:
+        return ThreatPlan(threat=threat, attacks=tuple(a for _, a in attacks), grid=grid)
+    except InputError as error:
+        raise table.fail(None, str(error)) from None
+
+
+def _threat_value(table: Table, key: str, context: _Context) -> Any:
+    """A ThreatModel field from TOML; the rest of its validation is ThreatModel's own."""
+    if key in ("name", "description"):
+        return table.text(key)
+    if key == "adaptive":
+        return table.flag(key)
+    if key in ("queries_per_sample", "queries_total"):
+        value = table.get(key)
+        if value == math.inf:
+            return None  # TOML has no null: inf is "no budget"
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise table.fail(
+                key,
+                f"must be an integer >= 0, or inf for no budget; got {kind(value)} ({value!r}).",
+            )
+        return value
+    if key == "stage_knowledge":
+        value = table.get(key)
+        if not isinstance(value, dict):
+            raise table.fail(
+                key, f"must be a table of stage name = knowledge; got {kind(value)} ({value!r})."
+            )
+        return value
+    if key == "features":
+        return _features(table, context)
+    return table.get(key)
+
+
+def _features(table: Table, context: _Context) -> FeatureConstraints:
+    """``features = { mutable = [...], values = { feature = [...] } }``: names or indices."""
+    sub = Table(table.get("features"), table.at("features"), table.where, ("mutable", "values"))
+    data = context.data.evaluated
+    names = data.feature_names
+    width = math.prod(data.input_shape)
+    accepted = (
+        f"a feature name ({', '.join(names)}) or an index 0 to {width - 1}"
+        if names
+        else f"a feature index 0 to {width - 1} (the data names no features)"
+    )
+
+    def index(key: str, item: Any) -> int:
+        if isinstance(item, str) and names and item in names:
+            return names.index(item)
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < width:
+            return item
+        hint = closest(item, names) if isinstance(item, str) and names else ""
+        raise sub.fail(key, f"unknown feature {item!r}{hint}; expected {accepted}.")
+
+    mutable = sub.get("mutable")
+    if not isinstance(mutable, list) or not mutable:
+        raise sub.fail("mutable", f"must be a non-empty array of features; got {mutable!r}.")
+    indices = [index(f"mutable[{k}]", item) for k, item in enumerate(mutable)]
+    if len(set(indices)) != len(indices):
+        raise sub.fail("mutable", f"names a feature twice; got {mutable!r}.")
+    allowed: dict[int, tuple[float, ...]] = {}
+    values = sub.get("values", {})
+    if not isinstance(values, dict):
+        raise sub.fail("values", f"must be a table of feature = [values]; got {kind(values)}.")
+    for key, choices in values.items():
+        at = f"values.{key}"
+        feature = index(at, key)
+        if feature not in indices:
+            raise sub.fail(at, "allowed values for a feature that is not in mutable.")
+        numeric = isinstance(choices, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in choices
+        )
+        if not numeric or not choices:
+            raise sub.fail(at, f"must be a non-empty array of numbers; got {choices!r}.")
+        allowed[feature] = tuple(float(v) for v in choices)
+    per_feature = tuple(allowed.get(i, ()) for i in indices)
+    return FeatureConstraints(tuple(indices), per_feature if allowed else ())
+
+
+# ------------------------------------------------------------------------ attacks
+def _takes_surrogate(attack: Attack) -> bool:
+    return any(f.name == "surrogate" for f in dataclasses.fields(attack))
+
+
+def _read_attacks(table: Table, surrogate: _Surrogates) -> list[tuple[int, Attack]]:
+    values = table.get("attacks")
+    known = list_attacks()
+    if not isinstance(values, list) or not values:
+        raise table.fail(
+            "attacks",
+            'must be a non-empty array of attack names or tables {name = "...", parameter = '
+            f"value, ...}}; got {values!r}. Leave it out for the default attacks.",
+        )
+    attacks = []
+    for j, item in enumerate(values):
+        at = f"attacks[{j}]"
+        name: Any
+        if isinstance(item, str):
+            name, params, name_at = item, {}, at
+        elif isinstance(item, dict):
+            name, name_at = item.get("name"), f"{at}.name"
+            params = {k: v for k, v in item.items() if k != "name"}
+            if name is None:
+                raise table.fail(name_at, "this key is required: the attack's registered name.")
+        else:
+            raise table.fail(
+                at, f'must be an attack name or a table {{name = "...", ...}}; got {kind(item)}.'
+            )
+        if not isinstance(name, str) or name not in known:
+            hint = closest(name, known) if isinstance(name, str) else ""
+            raise table.fail(
+                name_at, f"unknown attack {name!r}{hint}; known attacks: {', '.join(known)}."
+            )
+        fields = [f.name for f in dataclasses.fields(attack_class(name))]
+        for key in params:
+            if key not in fields:
+                raise table.fail(
+                    f"{at}.{key}",
+                    f"{name} has no such parameter{closest(key, fields)}; its parameters: "
+                    f"{', '.join(fields)}.",
+                )
+        if "surrogate" in fields:
+            if "surrogate" in params:
+                raise table.fail(
+                    f"{at}.surrogate",
+                    f"the surrogate of {name} is built from the threat's [threat.surrogate] "
+                    "table, not given here.",
+                )
+            params["surrogate"] = surrogate.get(at)
+        attacks.append((j, _blame(_creator(name), params, table, f"{at}.")))
+    return attacks
+
+
+def _creator(name: str) -> Callable[..., Attack]:
+    def build(**params: Any) -> Attack:
+        return create(name, **params)
+
+    return build
+
+
+# ------------------------------------------------------------------------ [threat.surrogate]
+class _Surrogates:
+    """The surrogate of one threat model's transfer attacks, built on first use."""
+
+    def __init__(self, table: Table, threat: ThreatModel, context: _Context) -> None:
+        self.table, self.threat, self.context = table, threat, context
+        self.built: Surrogate | None = None
+
+    def get(self, needed_at: str | None) -> Surrogate | None:
+        """The surrogate; without a ``[threat.surrogate]`` table, None, or an error at
+        ``needed_at`` (an attack that needs one)."""
+        if not self.table.has("surrogate"):
+            if needed_at is None:
+                return None
+            raise self.table.fail(
+                needed_at,
+                "a transfer attack needs the attacker's surrogate model: add a "
+                '[threat.surrogate] table to this threat model, with source = "own-data" '
+                '(trained on data disjoint from the evaluated samples) or source = "extract" '
+                "(trained on labels bought from the system, queries counted).",
+            )
+        if self.built is None:
+            self.built = self._build()
+        return self.built
+
+    def _build(self) -> Surrogate:
+        table, context = self.table, self.context
+        sub = Table(table.get("surrogate"), table.at("surrogate"), table.where, SURROGATE_KEYS)
+        system = context.system.system
+        source = sub.text("source", choices=SOURCES)
+        image = len(system.input_shape) == 3
+        architecture = sub.text(
+            "architecture", "cnn" if image else "mlp", [a.value for a in Architecture]
+        )
+        if architecture == "cnn" and not image:
+            raise sub.fail(
+                "architecture",
+                f'"cnn" needs image inputs (channels, height, width); the system takes '
+                f'{tuple(system.input_shape)}. Use "mlp".',
+            )
+        seed = sub.integer("seed", context.seed)
+        epochs = sub.integer("epochs", SURROGATE_EPOCHS[source], low=1)
+        if source == "own-data":
+            for key in ("rounds", "lam"):
+                if sub.has(key):
+                    raise sub.fail(key, 'is only read with source = "extract".')
+        try:
+            own = context.data.own_data()
+            samples = sub.integer("samples", min(SURROGATE_SAMPLES[source], len(own)), low=1)
+            if samples > len(own):
+                raise sub.fail(
+                    "samples",
+                    f"asks for {samples}, but the attacker's own data ({own.name}, disjoint "
+                    f"from the evaluated samples) has {len(own)}; give at most {len(own)}.",
+                )
+            if source == "own-data":
+                memo = (samples, architecture, epochs, seed)
+                if memo not in context.surrogates:
+                    context.surrogates[memo] = train_surrogate(
+                        own.x[:samples],
+                        own.y[:samples],
+                        architecture=architecture,
+                        epochs=epochs,
+                        seed=seed,
+                        num_classes=system.num_classes,
+                        bounds=system.bounds,
+                    )
+                return context.surrogates[memo]
+            lam = sub.number("lam", EXTRACTION_LAM)
+            if not 0 < lam < math.inf:
+                raise sub.fail("lam", f"must be a finite number > 0; got {lam!r}.")
+            return extract_surrogate(
+                Oracle(system, self.threat),
+                own.x[:samples],
+                rounds=sub.integer("rounds", EXTRACTION_ROUNDS),
+                lam=lam,
+                architecture=architecture,
+                epochs=epochs,
+                seed=seed,
+            )
+        except InputError as error:
+            if str(error).startswith(f"{table.where}: "):
+                raise
+            raise sub.fail(None, str(error)) from None
