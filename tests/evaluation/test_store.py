@@ -158,7 +158,7 @@ def test_a_run_name_with_another_configuration_is_refused(tmp_path: Path) -> Non
         changed = Campaign(name="same", system=system, data=data, plans=(plan,), seed=1)
         with pytest.raises(InputError, match="another configuration"):
             changed.run(store, progress=False)
-        with pytest.raises(InputError, match="No run 'absent'.*same"):
+        with pytest.raises(InputError, match=r"No run 'absent'.*same"):
             build_report(store, "absent")
 
 
@@ -174,4 +174,5 @@ def test_inputs_round_trip_through_the_store(tmp_path: Path) -> None:
     assert torch.equal(samples.x, data.x)
     assert torch.equal(samples.labels, data.y)
     for example in report.threats[0].examples:
-        assert example.original == pytest.approx(data.x[example.sample].flatten().tolist(), abs=1e-4)
+        clean = data.x[example.sample].flatten().tolist()
+        assert example.original == pytest.approx(clean, abs=1e-4)
