@@ -13,7 +13,6 @@ from mallory import InputError, Oracle, TorchModel, create, white_box
 from mallory.attacks.cw import CarliniWagnerL2
 from mallory.attacks.losses import margin
 from mallory.attacks.result import AttackResult
-from mallory.noise import Noise
 from mallory.threat import Norm
 
 CLASSES, FEATURES, N = 10, 64, 40
@@ -85,23 +84,22 @@ def test_misclassified_inputs_stay_put() -> None:
 
 
 def test_confidence_gives_the_margin_asked_for() -> None:
-    """With kappa > 0 every input CW itself returns beats the goal by a logit margin of kappa.
-
-    The attack's own candidates are checked (``_run`` on a view without a record): the base
-    class swaps in the closest misclassified query the attacker saw, which ignores kappa.
-    """
+    """With kappa > 0 every input the attack call returns beats the goal by a logit margin of
+    kappa: the base does not swap in a closer query that only just crossed the boundary."""
     model, x, y = linear_problem()
     kappa = 2.0
-    attack = CarliniWagnerL2(steps=200, binary_steps=6, confidence=kappa)
-    oracle = Oracle(model, white_box("l2"))
-    ids = torch.arange(len(x))
-    candidates = attack._run(oracle.bind(ids), x, y, None, Noise(0, ids))
-    moved = (candidates != x).flatten(1).any(1)
-    assert bool(moved.all())  # every sample was broken with that margin
-    assert float(margin(model.forward(candidates), y).min()) >= kappa
-    confident = (candidates - x).flatten(1).norm(dim=1)
-    plain = create("cw", steps=200, binary_steps=6)(Oracle(model, white_box("l2")), x, y)
-    assert bool((confident > plain.l2).all())  # a margin costs distance
+    attack = create("cw", steps=200, binary_steps=6, confidence=kappa)
+    assert not attack.keeps_closest()
+    result = attack(Oracle(model, white_box("l2")), x, y, rng=0)
+    assert bool(result.success.all())  # every sample was broken with that margin
+    assert_real(model, result, x)
+    assert float(true_margin(model, result)[result.success].min()) >= kappa - 1e-6
+    plain_attack = create("cw", steps=200, binary_steps=6)
+    assert plain_attack.keeps_closest()
+    plain = plain_attack(Oracle(model, white_box("l2")), x, y, rng=0)
+    # without a margin the closest query wins, just past the boundary; a margin costs distance
+    assert float(true_margin(model, plain).max()) < 0.1 * kappa
+    assert bool((result.l2 > plain.l2).all())
 
 
 def test_finite_eps_keeps_every_input_inside_and_stops_early() -> None:

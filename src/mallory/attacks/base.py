@@ -107,6 +107,13 @@ class Attack:
     def _check(self) -> None:
         """Checks across parameters; override to add some."""
 
+    def keeps_closest(self) -> bool:
+        """Whether the base may replace a successful output by a closer adversarial query the
+        attacker saw. True for minimizing attacks, whose answer is the smallest perturbation;
+        an attack whose output must meet more than the threat model's goal (a margin, say)
+        returns False, so that its own successes are kept."""
+        return self.minimizes
+
     # ------------------------------------------------------------------ the call
     def __call__(
         self,
@@ -172,7 +179,7 @@ class Attack:
         candidates = project(candidates, x, threat.norm, threat.eps, system.bounds)
         try:
             verdict = _judge_with_record(
-                oracle, candidates, x, y, goal_targets, record, closest=self.minimizes
+                oracle, candidates, x, y, goal_targets, record, closest=self.keeps_closest()
             )
         except SystemFailure as failure:
             error = error or str(failure)
@@ -380,7 +387,8 @@ def _judge_with_record(
     closest: bool,
 ) -> Verdict:
     """The system's verdict on the candidates, improved by the record where it holds the only
-    adversarial input the attacker saw, or (``closest``, for minimizing attacks) a closer one.
+    adversarial input the attacker saw, or (``closest``, see :meth:`Attack.keeps_closest`) a
+    closer one.
 
     A bounded attack's own success is kept even when a closer one was seen: its output is
     what the attacker chose (deep inside the wrong class, say, which transfers better)."""

@@ -43,6 +43,9 @@ class CarliniWagnerL2(Attack):
     succeeds, then is bisected between the largest failing and smallest successful c. The smallest
     successful input of each sample over every step is returned (the clean input when none
     succeeded); success means the goal is met with a logit margin of at least ``confidence``.
+    With ``confidence > 0`` the base keeps that input rather than a closer query the attacker saw
+    that only just met the goal (see :meth:`keeps_closest`); only a sample for which no input
+    with that margin was found falls back on such a query, as an adversarial input below kappa.
 
     Threat model: white-box (gradients), L2; untargeted or targeted; ``eps`` may be inf. With a
     finite ``eps`` a sample stops as soon as a success within ``eps`` is found (the base then
@@ -80,6 +83,10 @@ class CarliniWagnerL2(Attack):
     steps: int = integer(1000, low=1, help="Adam iterations per binary step")
     learning_rate: float = real(1e-2, low=0.0, low_open=True, help="Adam step size (tanh space)")
     abort_early: bool = flag(True, help="stop a binary step once the loss stops improving")
+
+    def keeps_closest(self) -> bool:
+        """Only without a margin: a closer query that just met the goal lacks kappa's margin."""
+        return self.confidence == 0
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -159,6 +159,9 @@ class EstimatedGradient(Attack):
         object.__setattr__(self, "goals", inner.goals)
         object.__setattr__(self, "minimizes", inner.minimizes)
 
+    def keeps_closest(self) -> bool:
+        return self.attack.keeps_closest()
+
     def params(self) -> dict[str, Any]:
         """The hyperparameters as plain values; the inner attack as ``{"name": ..., **params}``."""
         out = super().params()
