@@ -30,15 +30,11 @@ from mallory.evaluation.campaign import Campaign, Listener, ThreatPlan, default_
 from mallory.evaluation.config_data import (
     DataChoice,
     SystemChoice,
-    Table,
-    closest,
-    kind,
-    plain,
     read_data,
+    read_features,
     read_system,
-    resolve,
 )
-from mallory.features import FeatureConstraints
+from mallory.evaluation.config_table import Table, closest, kind, plain, resolve
 from mallory.oracle import Oracle
 from mallory.surrogate import Architecture, Surrogate, extract_surrogate, train_surrogate
 from mallory.threat import PRESETS, Goal, Targets, ThreatModel
@@ -247,61 +243,22 @@ def _threat_value(table: Table, key: str, context: _Context) -> Any:
         return value
     if key == "stage_knowledge":
         value = table.get(key)
+        stages = [stage.name for stage in context.system.system.stages]
         if not isinstance(value, dict):
             raise table.fail(
                 key, f"must be a table of stage name = knowledge; got {kind(value)} ({value!r})."
             )
+        for stage in value:
+            if stage not in stages:
+                raise table.fail(
+                    f"{key}.{stage}",
+                    f"the system has no stage of that name{closest(stage, stages)}; its stages: "
+                    f"{', '.join(stages)}.",
+                )
         return value
     if key == "features":
-        return _features(table, context)
+        return read_features(table, context.data.evaluated)
     return table.get(key)
-
-
-def _features(table: Table, context: _Context) -> FeatureConstraints:
-    """``features = { mutable = [...], values = { feature = [...] } }``: names or indices."""
-    sub = Table(table.get("features"), table.at("features"), table.where, ("mutable", "values"))
-    data = context.data.evaluated
-    names = data.feature_names
-    width = math.prod(data.input_shape)
-    accepted = (
-        f"a feature name ({', '.join(names)}) or an index 0 to {width - 1}"
-        if names
-        else f"a feature index 0 to {width - 1} (the data names no features)"
-    )
-
-    def index(key: str, item: Any) -> int:
-        if isinstance(item, str) and names and item in names:
-            return names.index(item)
-        if isinstance(item, str) and item.isdigit():
-            item = int(item)
-        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < width:
-            return item
-        hint = closest(item, names) if isinstance(item, str) and names else ""
-        raise sub.fail(key, f"unknown feature {item!r}{hint}; expected {accepted}.")
-
-    mutable = sub.get("mutable")
-    if not isinstance(mutable, list) or not mutable:
-        raise sub.fail("mutable", f"must be a non-empty array of features; got {mutable!r}.")
-    indices = [index(f"mutable[{k}]", item) for k, item in enumerate(mutable)]
-    if len(set(indices)) != len(indices):
-        raise sub.fail("mutable", f"names a feature twice; got {mutable!r}.")
-    allowed: dict[int, tuple[float, ...]] = {}
-    values = sub.get("values", {})
-    if not isinstance(values, dict):
-        raise sub.fail("values", f"must be a table of feature = [values]; got {kind(values)}.")
-    for key, choices in values.items():
-        at = f"values.{key}"
-        feature = index(at, key)
-        if feature not in indices:
-            raise sub.fail(at, "allowed values for a feature that is not in mutable.")
-        numeric = isinstance(choices, list) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in choices
-        )
-        if not numeric or not choices:
-            raise sub.fail(at, f"must be a non-empty array of numbers; got {choices!r}.")
-        allowed[feature] = tuple(float(v) for v in choices)
-    per_feature = tuple(allowed.get(i, ()) for i in indices)
-    return FeatureConstraints(tuple(indices), per_feature if allowed else ())
 
 
 # ------------------------------------------------------------------------ attacks
@@ -413,39 +370,41 @@ class _Surrogates:
                     raise sub.fail(key, 'is only read with source = "extract".')
         try:
             own = context.data.own_data()
-            samples = sub.integer("samples", min(SURROGATE_SAMPLES[source], len(own)), low=1)
-            if samples > len(own):
-                raise sub.fail(
-                    "samples",
-                    f"asks for {samples}, but the attacker's own data ({own.name}, disjoint "
-                    f"from the evaluated samples) has {len(own)}; give at most {len(own)}.",
+        except InputError as error:
+            raise sub.fail(None, str(error)) from None
+        samples = sub.integer("samples", min(SURROGATE_SAMPLES[source], len(own)), low=1)
+        if samples > len(own):
+            raise sub.fail(
+                "samples",
+                f"asks for {samples}, but the attacker's own data ({own.name}, disjoint from the "
+                f"evaluated samples) has {len(own)}; give at most {len(own)}.",
+            )
+        if source == "own-data":
+            memo = (samples, architecture, epochs, seed)
+            if memo not in context.surrogates:
+                context.surrogates[memo] = train_surrogate(
+                    own.x[:samples],
+                    own.y[:samples],
+                    architecture=architecture,
+                    epochs=epochs,
+                    seed=seed,
+                    num_classes=system.num_classes,
+                    bounds=system.bounds,
                 )
-            if source == "own-data":
-                memo = (samples, architecture, epochs, seed)
-                if memo not in context.surrogates:
-                    context.surrogates[memo] = train_surrogate(
-                        own.x[:samples],
-                        own.y[:samples],
-                        architecture=architecture,
-                        epochs=epochs,
-                        seed=seed,
-                        num_classes=system.num_classes,
-                        bounds=system.bounds,
-                    )
-                return context.surrogates[memo]
-            lam = sub.number("lam", EXTRACTION_LAM)
-            if not 0 < lam < math.inf:
-                raise sub.fail("lam", f"must be a finite number > 0; got {lam!r}.")
+            return context.surrogates[memo]
+        rounds = sub.integer("rounds", EXTRACTION_ROUNDS)
+        lam = sub.number("lam", EXTRACTION_LAM)
+        if not 0 < lam < math.inf:
+            raise sub.fail("lam", f"must be a finite number > 0; got {lam!r}.")
+        try:  # the budget may answer too few queries
             return extract_surrogate(
                 Oracle(system, self.threat),
                 own.x[:samples],
-                rounds=sub.integer("rounds", EXTRACTION_ROUNDS),
+                rounds=rounds,
                 lam=lam,
                 architecture=architecture,
                 epochs=epochs,
                 seed=seed,
             )
         except InputError as error:
-            if str(error).startswith(f"{table.where}: "):
-                raise
             raise sub.fail(None, str(error)) from None

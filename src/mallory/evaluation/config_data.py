@@ -1,18 +1,14 @@
-"""Campaign files, part one: reading TOML tables key by key, and the ``[system]`` and ``[data]``
-sections. :mod:`mallory.evaluation.config` holds the public API and the threat models.
-
-Every error names the file and the key path (``threat[1].attacks[0].steps``), says what was
-wrong and what the key accepts; the format is documented in ``docs/campaign.md``.
+"""Campaign files: the ``[system]`` and ``[data]`` tables, and a threat model's ``features``
+(which name the data's features). :mod:`mallory.evaluation.config` holds the public API and
+the threat models; the format is documented in ``docs/campaign.md``.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -20,181 +16,14 @@ import numpy as np
 import torch
 
 from mallory.errors import InputError
+from mallory.evaluation.config_table import Table, closest, kind, resolve
+from mallory.features import FeatureConstraints
 from mallory.systems.base import Output, System
 from mallory.zoo.datasets import SPLITS, Dataset, list_datasets, load_dataset
 
-_MISSING: Any = object()
-
 SYSTEM_KEYS = ("model", "path", "input_shape", "bounds", "output", "name")
 DATA_KEYS = ("dataset", "path", "split", "samples", "name")
-
-
-def kind(value: Any) -> str:
-    """The TOML name of a value's type, for messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, datetime | date | time):
-        return "a date or time"
-    return type(value).__name__
-
-
-def closest(word: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def plain(value: Any) -> Any:
-    """A parsed TOML value as JSON-ready data (dates as ISO text, non-finite floats as text)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-class Table:
-    """One table of a campaign file, read key by key; unknown keys are refused on arrival.
-
-    ``path`` is the table's key path (``""`` at the top, ``"threat[0]"``, ``"system"``);
-    ``where`` names the file in every message.
-    """
-
-    def __init__(self, values: Any, path: str, where: str, keys: Sequence[str]) -> None:
-        self.path, self.where, self.keys = path, where, tuple(keys)
-        if not isinstance(values, dict):
-            raise self.fail(None, f"must be a table; got {kind(values)} ({values!r}).")
-        self.values: dict[str, Any] = values
-        for key in values:
-            if key not in self.keys:
-                raise self.fail(
-                    key,
-                    f"unknown key{closest(key, self.keys)}. The keys here are: "
-                    f"{', '.join(self.keys)}.",
-                )
-
-    def at(self, key: str | None) -> str:
-        """The key path of ``key`` in this table (the table's own path for None)."""
-        if key is None:
-            return self.path or "(top level)"
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str | None, message: str) -> InputError:
-        return InputError(f"{self.where}: {self.at(key)}: {message}")
-
-    def has(self, key: str) -> bool:
-        return key in self.values
-
-    def get(self, key: str, default: Any = _MISSING) -> Any:
-        if key in self.values:
-            return self.values[key]
-        if default is _MISSING:
-            raise self.fail(key, "this key is required.")
-        return default
-
-    def text(self, key: str, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        if not isinstance(value, str) or not value.strip():
-            accepted = f"one of {_quoted(choices)}" if choices else "a non-empty string"
-            raise self.fail(key, f"must be {accepted}; got {kind(value)} ({value!r}).")
-        if choices and value not in choices:
-            raise self.fail(
-                key, f"got {value!r}{closest(value, choices)}; expected one of {_quoted(choices)}."
-            )
-        return value
-
-    def integer(self, key: str, default: Any = _MISSING, low: int = 0) -> Any:
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.fail(key, f"must be an integer >= {low}; got {kind(value)} ({value!r}).")
-        return value
-
-    def number(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number; got {kind(value)} ({value!r}).")
-        return float(value)
-
-    def flag(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, default)
-        if key in self.values and not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false; got {kind(value)} ({value!r}).")
-        return value
-
-    def pair(self, key: str, default: Any = _MISSING) -> Any:
-        """``[low, high]``: two finite numbers (their order is the caller's to check)."""
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        numbers = isinstance(value, list) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        )
-        if not numbers or len(value) != 2:
-            raise self.fail(key, f"must be [low, high], two finite numbers; got {value!r}.")
-        return float(value[0]), float(value[1])
-
-    def shape(self, key: str) -> tuple[int, ...] | None:
-        value = self.get(key, None)
-        if value is None:
-            return None
-        if (
-            not isinstance(value, list)
-            or not value
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
-        ):
-            raise self.fail(
-                key,
-                f"must be the shape of one input without the batch dimension, an array of "
-                f"integers >= 1 such as [1, 28, 28]; got {value!r}.",
-            )
-        return tuple(value)
-
-    def only_with(self, keys: Sequence[str], other: str) -> None:
-        """Refuse ``keys`` when the table does not have ``other``."""
-        for key in keys:
-            if key in self.values:
-                raise self.fail(key, f"is only read together with {self.at(other)}.")
-
-    def one_of(self, first: str, second: str, what: str) -> str:
-        """The one key present among ``first`` and ``second``; both or neither is an error."""
-        if self.has(first) == self.has(second):
-            raise self.fail(
-                None,
-                f"give either {first} ({what}) or {second}, not "
-                f"{'both' if self.has(first) else 'neither'}.",
-            )
-        return first if self.has(first) else second
-
-
-def _quoted(choices: Sequence[str]) -> str:
-    return ", ".join(repr(c) for c in choices)
-
-
-def resolve(base: Path, value: str) -> Path:
-    """A path from a campaign file: ``~`` expanded, relative to the file's folder."""
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+FEATURE_KEYS = ("mutable", "values")
 
 
 # ------------------------------------------------------------------------ [system]
@@ -250,7 +79,6 @@ class DataChoice:
 
     evaluated: Dataset
     own_data: Callable[[], Dataset]
-    key: str  # the key that named the data, for messages
 
 
 def read_data(values: Any, system: SystemChoice, *, base: Path, where: str) -> DataChoice:
@@ -271,11 +99,11 @@ def read_data(values: Any, system: SystemChoice, *, base: Path, where: str) -> D
         name = table.text("dataset", choices=list_datasets())
         split = table.text("split", "test", SPLITS)
         whole = load_dataset(name, split)
-        key = "data.dataset"
+        key = "dataset"
     else:
         table.only_with(("split",), "dataset")
         whole = _read_npz(table, resolve(base, table.text("path")), system.system)
-        split, key = "", "data.path"
+        split, key = "", "path"
     if samples is not None and samples > len(whole):
         where_from = f"the {split} split of {whole.name}" if split else whole.name
         raise table.fail(
@@ -302,16 +130,15 @@ def read_data(values: Any, system: SystemChoice, *, base: Path, where: str) -> D
             )
         return rest
 
-    return DataChoice(evaluated, own_data, key)
+    return DataChoice(evaluated, own_data)
 
 
 def _check_fit(table: Table, key: str, data: Dataset, system: SystemChoice) -> None:
-    """The data must fit the model: input shape, labels, bounds."""
+    """The data must fit the model: input shape, labels, bounds (errors at ``key``)."""
     model = system.system
-    field = key.split(".")[1]
     if tuple(data.input_shape) != tuple(model.input_shape):
         raise table.fail(
-            field,
+            key,
             f"the dataset {data.name!r} has inputs of shape {tuple(data.input_shape)}, but the "
             f"system {system.name!r} takes {tuple(model.input_shape)}. Use data made for this "
             "model.",
@@ -319,7 +146,7 @@ def _check_fit(table: Table, key: str, data: Dataset, system: SystemChoice) -> N
     top = int(data.y.max())
     if top >= model.num_classes or int(data.y.min()) < 0:
         raise table.fail(
-            field,
+            key,
             f"the dataset {data.name!r} has labels from {int(data.y.min())} to {top}, but the "
             f"system {system.name!r} has {model.num_classes} classes (labels 0 to "
             f"{model.num_classes - 1}).",
@@ -327,7 +154,7 @@ def _check_fit(table: Table, key: str, data: Dataset, system: SystemChoice) -> N
     outside = model.bounds.outside(data.x.to(torch.float64))
     if bool(outside.any()):
         raise table.fail(
-            field,
+            key,
             f"{int(outside.sum())} samples of {data.name!r} lie outside the system's input "
             f"bounds {model.bounds.to_dict()}. Scale the data into the bounds first.",
         )
@@ -340,24 +167,29 @@ def _read_npz(table: Table, file: Path, system: System) -> Dataset:
             f"no data file at {file} (a relative path is read from the campaign file's folder).",
         )
     try:
-        archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise table.fail("path", f"cannot read {file} as a NumPy .npz archive ({error}).") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
+        archive = np.load(file, allow_pickle=False)  # no pickles: loading runs no code
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise table.fail(
+                "path",
+                f"{file} holds a single array; a data file is a .npz archive with the arrays x "
+                "(inputs) and y (labels), saved with numpy.savez(path, x=x, y=y).",
+            )
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, InputError):
+            raise
         raise table.fail(
-            "path",
-            f"{file} holds a single array; a data file is a .npz archive with the arrays x "
-            "(inputs) and y (labels), saved with numpy.savez(path, x=x, y=y).",
-        )
-    with archive:
-        arrays = {name: archive[name] for name in archive.files}
+            "path", f"cannot read {file} as a NumPy .npz archive of plain arrays ({error})."
+        ) from None
     missing = [name for name in ("x", "y") if name not in arrays]
     if missing:
         raise table.fail(
             "path",
             f"{file} has no array {' or '.join(missing)}; it holds "
             f"{', '.join(sorted(arrays)) or 'nothing'}. A data file needs x (inputs, shape "
-            "(n, *input_shape)) and y (integer labels, shape (n,)); optional: class_names.",
+            "(n, *input_shape)) and y (integer labels, shape (n,)); optional: class_names, "
+            "feature_names.",
         )
     x, y = arrays["x"], arrays["y"]
     if x.dtype.kind not in "fiu" or x.ndim < 2 or not len(x):
@@ -403,3 +235,50 @@ def _read_npz(table: Table, file: Path, system: System) -> Dataset:
         class_names=class_names,
         feature_names=None if features is None else tuple(str(f) for f in features),
     )
+
+
+# ------------------------------------------------------------------------ features
+def read_features(table: Table, data: Dataset) -> FeatureConstraints:
+    """``features = { mutable = [...], values = { feature = [...] } }``: names or indices."""
+    sub = Table(table.get("features"), table.at("features"), table.where, FEATURE_KEYS)
+    names = data.feature_names
+    width = math.prod(data.input_shape)
+    accepted = (
+        f"a feature name ({', '.join(names)}) or an index 0 to {width - 1}"
+        if names
+        else f"a feature index 0 to {width - 1} (the data names no features)"
+    )
+
+    def index(key: str, item: Any) -> int:
+        if isinstance(item, str) and names and item in names:
+            return names.index(item)
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < width:
+            return item
+        hint = closest(item, names) if isinstance(item, str) and names else ""
+        raise sub.fail(key, f"unknown feature {item!r}{hint}; expected {accepted}.")
+
+    mutable = sub.get("mutable")
+    if not isinstance(mutable, list) or not mutable:
+        raise sub.fail("mutable", f"must be a non-empty array of features; got {mutable!r}.")
+    indices = [index(f"mutable[{k}]", item) for k, item in enumerate(mutable)]
+    if len(set(indices)) != len(indices):
+        raise sub.fail("mutable", f"names a feature twice; got {mutable!r}.")
+    allowed: dict[int, tuple[float, ...]] = {}
+    values = sub.get("values", {})
+    if not isinstance(values, dict):
+        raise sub.fail("values", f"must be a table of feature = [values]; got {kind(values)}.")
+    for key, choices in values.items():
+        at = f"values.{key}"
+        feature = index(at, key)
+        if feature not in indices:
+            raise sub.fail(at, "allowed values for a feature that is not in mutable.")
+        numeric = isinstance(choices, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in choices
+        )
+        if not numeric or not choices:
+            raise sub.fail(at, f"must be a non-empty array of numbers; got {choices!r}.")
+        allowed[feature] = tuple(float(v) for v in choices)
+    per_feature = tuple(allowed.get(i, ()) for i in indices)
+    return FeatureConstraints(tuple(indices), per_feature if allowed else ())
