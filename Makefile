@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/mallory attack --model mnist-cnn --attack pgd --eps 0.3 -n 500
+	$(VENV)/bin/mallory demo
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -185,6 +185,13 @@ class Campaign:
                 f", but the system {self.system.name!r} takes {tuple(self.system.input_shape)}. "
                 "Use data made for this model."
             )
+        outside = self.system.bounds.outside(self.data.x)
+        if bool(outside.any()):
+            raise InputError(
+                f"The dataset {self.data.name!r} has {int(outside.sum())} "
+                f"samples outside the system's input bounds {self.system.bounds.to_dict()}; "
+                "scale the data to the model's input range."
+            )
         classes = self.system.num_classes
         if int(self.data.y.max()) >= classes or int(self.data.y.min()) < 0:
             raise InputError(

@@ -53,7 +53,17 @@ def build_report(store: Store, run: str) -> Report:
     dataset_rows = samples.source < 0
     n = int(dataset_rows.sum())
     correct = (samples.predictions == samples.labels)[dataset_rows]
-    done = {(u.threat, u.attack) for u in store.units(run)}
+    units = store.units(run)
+    last = max(((u.threat, u.attack) for u in units), default=(-1, -1))
+    complete = info["status"] == "complete"
+    # an attack is reached when it committed a unit, or when the run went past it (an attack
+    # that found no sample standing commits nothing, and still ran)
+    done = {
+        (t, a)
+        for t, plan in enumerate(config["plans"])
+        for a in range(len(plan["attacks"]))
+        if complete or (t, a) <= last
+    }
     threats = []
     for t, plan in enumerate(config["plans"]):
         threats.append(_threat(store, run, t, plan, config, samples, done))
@@ -109,7 +119,7 @@ def _threat(
     standing = attacked
     for a, entry in enumerate(plan["attacks"]):
         out = store.outcomes(run, t, a, shape)
-        if (t, a) not in done and not len(out.ids):
+        if (t, a) not in done:
             continue  # not reached yet (a partial run)
         where = torch.tensor([position[int(i)] for i in out.ids], dtype=torch.int64)
         for m in MEASURES:
