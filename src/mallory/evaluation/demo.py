@@ -28,10 +28,20 @@ PHISHING_CONTROLLED = ("popup_window", "https", "long_url", "request_from_other_
 PHISHING_LEVELS = (0.0, 0.5, 1.0)
 
 
-def mnist_campaign(samples: int = 200, *, seed: int = 0, progress: bool = True) -> Campaign:
-    """The zoo CNN on ``samples`` MNIST test digits, Linf 0.3 unless said otherwise."""
+def mnist_campaign(
+    samples: int = 100,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    split: str = "test",
+    query_budget: int = 300,
+) -> Campaign:
+    """The zoo CNN on the first ``samples`` MNIST digits of ``split``, Linf 0.3 unless said
+    otherwise; the label-only and score-based attacks get ``query_budget`` queries per digit.
+    (The test split holds 1,000 digits; "all" holds 5,000, the CNN's training digits among
+    them.)"""
     system = load_model("mnist-cnn", progress=progress)
-    data = load_dataset("mnist", "test").head(samples)
+    data = load_dataset("mnist", split).head(samples)
     own = load_dataset("mnist", "train").head(1000)
     surrogate = train_surrogate(
         own.x, own.y, architecture="mlp", epochs=8, seed=seed, num_classes=10, bounds=data.bounds
@@ -42,11 +52,11 @@ def mnist_campaign(samples: int = 200, *, seed: int = 0, progress: bool = True) 
         ThreatPlan(threat=no_knowledge("linf", eps, price_per_query=PRICE), attacks=tricks),
         ThreatPlan(
             threat=label_only("linf", eps, queries_per_sample=500, price_per_query=PRICE),
-            attacks=(*tricks, create("hopskipjump", max_queries=300)),
+            attacks=(*tricks, create("hopskipjump", max_queries=query_budget)),
         ),
         ThreatPlan(
             threat=score_based("linf", eps, queries_per_sample=500, price_per_query=PRICE),
-            attacks=(*tricks, create("square", n_queries=300)),
+            attacks=(*tricks, create("square", n_queries=query_budget)),
         ),
         # one submission per sample: the transfer attacker has no queries to spare for tricks
         ThreatPlan(
