@@ -27,6 +27,9 @@ from mallory.report.views import (
 _PARTIAL = "partial run: it stopped before its last attack; the numbers cover only what ran"
 
 
+WIDE = 120  # columns needed by the attack-sequence table
+
+
 def _attack_line(index: int, attack: AttackSummary) -> str:
     line = (
         f"  {index}. {attack.attack} ({attack.family}): broke {count(attack.broken)}/"
@@ -183,7 +186,12 @@ def render_terminal(reports: list[Report], console: Console | None = None) -> No
     if len(reports) == 1:
         out.print(_matrix(reports[0]))
         for threat in reports[0].threats:
-            out.print(_attacks(threat))
+            if out.width >= WIDE:
+                out.print(_attacks(threat))
+            else:  # a narrow terminal: one line per attack reads better than a crushed table
+                out.print(Text(f"{threat.name}: attack sequence", style="italic"))
+                for i, attack in enumerate(threat.attacks, 1):
+                    out.print(Text(_attack_line(i, attack)))
         return
     a, b = reports
     change = delta(a.clean_accuracy, b.clean_accuracy, share=True)
