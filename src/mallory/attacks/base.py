@@ -59,6 +59,7 @@ class Family(IntEnum):
             Access.GRADIENTS: Family.GRADIENT,
         }[access]
 
+
 A = TypeVar("A", bound="type[Attack]")
 
 
