@@ -226,7 +226,13 @@ class Oracle:
         if len(x) != len(ids):
             raise InputError(f"A query of {len(x)} inputs came with {len(ids)} sample ids.")
         lo, hi = self.system.bounds.on(x)
-        if not bool(((x >= lo - 1e-6) & (x <= hi + 1e-6)).all()):
+        if x.numel() and lo.numel() == 1 and hi.numel() == 1:
+            # one pass over the batch; a NaN propagates into both and fails the test
+            low, high = torch.aminmax(x)
+            inside = bool((low >= lo - 1e-6) & (high <= hi + 1e-6))
+        else:
+            inside = bool(((x >= lo - 1e-6) & (x <= hi + 1e-6)).all())
+        if not inside:
             raise InputError(
                 "A query left the input bounds or held NaN: inputs must satisfy "
                 f"{self.system.bounds.to_dict()} (an attack must clamp its candidates)."

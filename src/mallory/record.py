@@ -80,9 +80,14 @@ class Record:
         hit &= labels >= 0
         if not bool(hit.any()):
             return
-        where = hit.nonzero().squeeze(1)
-        r = rows_t[where]
-        d = norm_of(x[where] - self.x[r], self.norm).double()
+        if bool(hit.all()):
+            # the usual case once an attack has broken its batch: no gathers of whole inputs
+            where, r = torch.arange(len(hit), device=hit.device), rows_t
+            d = norm_of(x - (self.x if rows is None else self.x[r]), self.norm).double()
+        else:
+            where = hit.nonzero().squeeze(1)
+            r = rows_t[where]
+            d = norm_of(x[where] - self.x[r], self.norm).double()
         better = (d <= self.limit) & (d < self.distance[r])
         if self.features is not None:
             # only edits the attacker may make count

@@ -139,7 +139,9 @@ class PGD(Attack):
         objective = loss_fn(self.loss, goal, aim)
         for _ in range(self.steps):
             where = rows[live]
-            answer = oracle.gradient(current, objective, rows=where.cpu())
+            # ``where`` is sorted and distinct: the whole batch when it is as long
+            whole = len(where) == len(x)
+            answer = oracle.gradient(current, objective, rows=None if whole else where.cpu())
             hit = reached(answer.logits, goal, aim)
             refused = ~torch.isfinite(answer.logits).all(1)
             fresh = hit & ~broken[where]
