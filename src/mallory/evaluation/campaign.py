@@ -386,6 +386,7 @@ class Campaign:
         grid = self.plans[t].grid
         targets = samples.target[rows] if grid else None
         started = time.perf_counter()
+        answered_before = oracle.seconds_of(part)
         result = attack(
             oracle, samples.x[rows], samples.labels[rows], rng=self.seed, targets=targets, ids=part
         )
@@ -396,7 +397,6 @@ class Campaign:
                 "Nothing of this unit was kept; run the campaign again to resume."
             )
         n = len(part)
-        price = self.plans[t].threat.price_per_query
         success = result.success
         outcomes = Outcomes(
             ids=part,
@@ -410,8 +410,9 @@ class Campaign:
             targets=result.targets if result.targets is not None else torch.full((n,), -1),
             queries=result.queries,
             gradients=result.gradients,
-            seconds=torch.full((n,), seconds / max(n, 1), dtype=torch.float64),
-            money=result.queries.double() * price,
+            # the oracle's ledger: the system's time answering each sample, and the money
+            seconds=oracle.seconds_of(part) - answered_before,
+            money=result.cost,
             x_adv={int(part[i]): result.x_adv[i] for i in range(n) if bool(success[i])},
         )
         unit = Unit(t, a, c, attack.name, _plain(result.params), n, seconds, None)

@@ -11,7 +11,8 @@ system or the data. Definitions (per threat model):
   and its effort is still what was spent up to its first mistake;
 * robust accuracy = samples correct and never broken / all samples (untargeted only);
 * marginal gain of an attack = samples it broke that no earlier attack broke / all samples;
-* effort to the first mistake = what the attacker spent on a sample (queries, seconds, money),
+* effort to the first mistake = what the attacker spent on a sample as the Oracle counted it
+  (queries, seconds the system spent answering it, money),
   summed over the attacks up to and including the one that broke it; a survival curve gives
   the share of attacked samples still standing against that spend per sample;
 * confidence on mistakes = the system's top probability on the breaking input (NaN when the
