@@ -53,12 +53,12 @@ from mallory import (
     ThreatModel,
     TorchModel,
 )
+from mallory.access.oracle import OracleView
 from mallory.attacks import REGISTRY
+from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule
-from mallory.features import FeatureConstraints
-from mallory.noise import Noise
-from mallory.oracle import OracleView
-from mallory.perturbation import distances, norm_of
+from mallory.threat.features import FeatureConstraints
+from mallory.threat.perturbation import distances, norm_of
 
 ATTACKS = mallory.list_attacks()
 

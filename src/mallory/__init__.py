@@ -4,9 +4,9 @@ The public API: threat models and their presets, systems, the oracle, and the at
 Everything else is importable from its module but not promised.
 """
 
+from mallory.access.oracle import Access, Oracle
 from mallory.attacks import Attack, AttackResult, attack_class, create, list_attacks, register
 from mallory.errors import AccessError, InputError, MalloryError, SystemFailure
-from mallory.oracle import Access, Oracle
 from mallory.systems import (
     Bounds,
     CallableModel,

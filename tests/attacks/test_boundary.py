@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import mallory.attacks.boundary  # noqa: F401  (registers "boundary")
+import mallory.attacks.evasion.boundary  # noqa: F401  (registers "boundary")
 from mallory import InputError, Oracle, TorchModel, create, label_only
 from mallory.zoo import load_dataset, load_model
 

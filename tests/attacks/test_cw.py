@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import mallory.attacks.cw  # registers "cw"
-import mallory.attacks.pgd  # noqa: F401  (registers "pgd", compared with below)
+import mallory.attacks.evasion.cw  # registers "cw"
+import mallory.attacks.evasion.pgd  # noqa: F401  (registers "pgd", compared with below)
 from mallory import InputError, Oracle, TorchModel, create, white_box
-from mallory.attacks.cw import CarliniWagnerL2
-from mallory.attacks.losses import margin
-from mallory.attacks.result import AttackResult
+from mallory.attacks.evasion.cw import CarliniWagnerL2
+from mallory.attacks.evasion.losses import margin
+from mallory.attacks.evasion.result import AttackResult
 from mallory.threat import Norm
 
 CLASSES, FEATURES, N = 10, 64, 40

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mallory
-import mallory.attacks.deepfool  # registers "deepfool"
+import mallory.attacks.evasion.deepfool  # registers "deepfool"
 from mallory import InputError, Oracle, TorchModel, create, white_box
 
 CLASSES, FEATURES, N = 5, 20, 64

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import mallory.attacks.deepfool  # registers "deepfool"
-import mallory.attacks.estimate  # registers "nes"
-import mallory.attacks.square  # noqa: F401  (registers "square")
+import mallory.attacks.evasion.deepfool  # registers "deepfool"
+import mallory.attacks.evasion.estimate  # registers "nes"
+import mallory.attacks.evasion.square  # noqa: F401  (registers "square")
 from mallory import (
     AccessError,
     InputError,
@@ -20,9 +20,9 @@ from mallory import (
     score_based,
     white_box,
 )
-from mallory.attacks.estimate import EstimatedGradient, EstimatingView, complete_scores
-from mallory.attacks.losses import Loss, loss_fn
-from mallory.noise import Noise
+from mallory.attacks.evasion.estimate import EstimatedGradient, EstimatingView, complete_scores
+from mallory.attacks.evasion.losses import Loss, loss_fn
+from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
 
 N_MNIST = 100

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-import mallory.attacks.hopskipjump  # noqa: F401  (registers "hopskipjump")
+import mallory.attacks.evasion.hopskipjump  # noqa: F401  (registers "hopskipjump")
 from mallory import InputError, Oracle, TorchModel, create, label_only, white_box
-from mallory.attacks.starts import (
+from mallory.attacks.evasion.starts import (
     LabelProbe,
     Proposer,
     boundary_search,
@@ -22,8 +22,8 @@ from mallory.attacks.starts import (
     toward,
     uniform_noise,
 )
-from mallory.noise import Noise
-from mallory.serve import serve
+from mallory.attacks.noise import Noise
+from mallory.serve.server import serve
 from mallory.systems.http import HttpModel
 from mallory.threat import Exposure, Norm
 from mallory.zoo import load_dataset, load_model

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import mallory.attacks.jsma as jsma  # registers "jsma"
+import mallory.attacks.evasion.jsma as jsma  # registers "jsma"
 from mallory import AttackResult, InputError, Oracle, System, ThreatModel, create, white_box
 from mallory.zoo import load_dataset, load_model
 

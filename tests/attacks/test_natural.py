@@ -1,7 +1,7 @@
 """The cheap image tricks break the zoo's digit classifiers through the label alone.
 
 For every deterministic trick the test rebuilds the ladder of candidates independently, from
-:mod:`mallory.transforms`, and checks that each sample's result is its first successful
+:mod:`mallory.ops.transforms`, and checks that each sample's result is its first successful
 candidate, reached after exactly as many queries as candidates tried.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import mallory.attacks.battery  # noqa: F401  (registers the tricks and "cheap")
+import mallory.attacks.evasion.battery  # noqa: F401  (registers the tricks and "cheap")
 from mallory import (
     InputError,
     Oracle,
@@ -24,7 +24,7 @@ from mallory import (
     label_only,
     no_knowledge,
 )
-from mallory import transforms as T
+from mallory.ops import transforms as T
 from mallory.zoo import load_dataset, load_model
 
 N_DIGITS = 120

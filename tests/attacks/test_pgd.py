@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mallory import InputError, Oracle, TorchModel, create, white_box
-from mallory.attacks.pgd import BIM, PGD
-from mallory.attacks.result import AttackResult
+from mallory.attacks.evasion.pgd import BIM, PGD
+from mallory.attacks.evasion.result import AttackResult
 
 MNIST_SAMPLES = 200
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mallory import AccessError, InputError, Oracle, TorchModel, create, label_only, score_based
-from mallory.attacks.simba import _dct_direction, _dct_matrix  # registers "simba"
-from mallory.noise import Noise
+from mallory.attacks.evasion.simba import _dct_direction, _dct_matrix  # registers "simba"
+from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
 
 N_MNIST = 100

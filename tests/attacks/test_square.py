@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mallory import AccessError, Oracle, TorchModel, create, label_only, score_based
-from mallory.attacks.square import _centered_mass, _schedule, _sides  # registers "square"
+from mallory.attacks.evasion.square import _centered_mass, _schedule, _sides  # registers "square"
 from mallory.zoo import load_dataset, load_model
 
 N_MNIST = 100

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import Tensor
 
-import mallory.attacks.battery  # noqa: F401  (registers "feature-edit" and "cheap")
+import mallory.attacks.evasion.battery  # noqa: F401  (registers "feature-edit" and "cheap")
 from mallory import Oracle, System, create, label_only, no_knowledge
-from mallory.features import FeatureConstraints
+from mallory.threat.features import FeatureConstraints
 from mallory.zoo import load_dataset, load_model
 
 # What the owner of a phishing page controls: its content, not the domain's age or popularity.

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import mallory
-import mallory.attacks.pgd
-import mallory.attacks.transfer  # registers "transfer"
+import mallory.attacks.evasion.pgd
+import mallory.attacks.evasion.transfer  # registers "transfer"
 from mallory import InputError, Oracle, System, create
-from mallory.attacks.result import AttackResult
-from mallory.attacks.transfer import Transfer
-from mallory.surrogate import Surrogate, extract_surrogate, train_surrogate
+from mallory.attacks.evasion.result import AttackResult
+from mallory.attacks.evasion.transfer import Transfer
+from mallory.attacks.surrogate import Surrogate, extract_surrogate, train_surrogate
 from mallory.zoo import load_dataset, load_model
 
 Problem = tuple[System, Surrogate, torch.Tensor, torch.Tensor]
@@ -134,7 +134,7 @@ def test_params_round_trip_and_describe(digits: Problem) -> None:
     plain = create("transfer")
     assert create("transfer", **plain.params()) == plain
     custom = create("transfer", attack={"name": "pgd", "params": {"steps": 7}})
-    assert isinstance(custom.attack, mallory.attacks.pgd.PGD) and custom.attack.steps == 7
+    assert isinstance(custom.attack, mallory.attacks.evasion.pgd.PGD) and custom.attack.steps == 7
     assert create("transfer", **custom.params()) == custom
     loaded = Transfer(surrogate=surrogate).params()
     assert loaded["surrogate"]["architecture"] == "mlp"

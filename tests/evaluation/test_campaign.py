@@ -10,9 +10,9 @@ import torch
 
 from mallory import InputError, Oracle, create, label_only, white_box
 from mallory.evaluation import Campaign, ThreatPlan, default_attacks
-from mallory.perturbation import distances
 from mallory.store import Store
 from mallory.systems.base import System
+from mallory.threat.perturbation import distances
 from mallory.zoo import Dataset, load_dataset, load_model
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ from mallory.evaluation.config import (
     parse_campaign,
 )
 from mallory.evaluation.config_data import DATA_KEYS, FEATURE_KEYS, SYSTEM_KEYS
-from mallory.features import FeatureConstraints
 from mallory.threat import PRESETS, Exposure, Goal, Norm, Targets
+from mallory.threat.features import FeatureConstraints
 from mallory.zoo import load_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "campaign.toml"

@@ -1,6 +1,15 @@
 """Attacks: the base class, the registry, and one module per attack or family."""
 
-from mallory.attacks import (  # noqa: F401  (registers)
+from mallory.attacks.base import (
+    REGISTRY,
+    Attack,
+    Family,
+    attack_class,
+    create,
+    list_attacks,
+    register,
+)
+from mallory.attacks.evasion import (  # noqa: F401  (registers)
     battery,
     boundary,
     cw,
@@ -16,16 +25,7 @@ from mallory.attacks import (  # noqa: F401  (registers)
     tabular,
     transfer,
 )
-from mallory.attacks.base import (
-    REGISTRY,
-    Attack,
-    Family,
-    attack_class,
-    create,
-    list_attacks,
-    register,
-)
-from mallory.attacks.result import AttackResult
+from mallory.attacks.evasion.result import AttackResult
 
 __all__ = [
     "REGISTRY",

@@ -2,7 +2,7 @@
 
 An attack is configuration plus one call: a frozen, keyword-only dataclass of hyperparameters,
 registered by name, called as ``attack(oracle, x, y, rng=seed)``. Subclasses implement only
-``_run``, which sees an :class:`~mallory.oracle.OracleView` and returns candidate adversarial
+``_run``, which sees an :class:`~mallory.access.oracle.OracleView` and returns candidate adversarial
 inputs; the base class does the rest, the same way for every attack:
 
 * refuses, before anything runs, an attack that needs more access than the threat model grants,
@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mallory.access.oracle import Access, Oracle, OracleView
+from mallory.access.record import Record
+from mallory.attacks.evasion.result import AttackResult
+from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule, integer
-from mallory.attacks.result import AttackResult
 from mallory.errors import InputError, MalloryError, SystemFailure
-from mallory.noise import Noise
-from mallory.oracle import Access, Oracle, OracleView
-from mallory.perturbation import distances, norm_of, project
-from mallory.record import Record
 from mallory.threat import Goal, Norm, Targets
+from mallory.threat.perturbation import distances, norm_of, project
 
 REGISTRY: dict[str, type[Attack]] = {}
 

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mallory.access.oracle import Oracle
 from mallory.attacks.base import Attack, Family, create
+from mallory.attacks.surrogate import Surrogate
 from mallory.errors import AccessError, InputError, SystemFailure
-from mallory.oracle import Oracle
 from mallory.report.model import Report
 from mallory.store import Outcomes, Samples, Store, Unit
-from mallory.surrogate import Surrogate
 from mallory.systems.base import System
 from mallory.threat import Goal, Targets, ThreatModel
 from mallory.zoo.datasets import Dataset
@@ -427,7 +427,7 @@ class Campaign:
 
 
 def _probabilities(system: System, x: Tensor, batch: int = 512) -> Tensor:
-    from mallory.oracle import _as_probabilities
+    from mallory.access.oracle import _as_probabilities
 
     out = []
     with torch.no_grad():

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mallory.access.oracle import Oracle
 from mallory.attacks.base import Attack, attack_class, create, list_attacks
+from mallory.attacks.surrogate import Architecture, Surrogate, extract_surrogate, train_surrogate
 from mallory.errors import AccessError, InputError
 from mallory.evaluation.campaign import Campaign, Listener, ThreatPlan, default_attacks
 from mallory.evaluation.config_data import (
@@ -35,8 +37,6 @@ from mallory.evaluation.config_data import (
     read_system,
 )
 from mallory.evaluation.config_table import Table, closest, kind, plain, resolve
-from mallory.oracle import Oracle
-from mallory.surrogate import Architecture, Surrogate, extract_surrogate, train_surrogate
 from mallory.threat import PRESETS, Goal, Targets, ThreatModel
 
 if TYPE_CHECKING:

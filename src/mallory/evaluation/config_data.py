@@ -17,8 +17,8 @@ import torch
 
 from mallory.errors import InputError
 from mallory.evaluation.config_table import Table, closest, kind, resolve
-from mallory.features import FeatureConstraints
 from mallory.systems.base import Output, System
+from mallory.threat.features import FeatureConstraints
 from mallory.zoo.datasets import SPLITS, Dataset, list_datasets, load_dataset
 
 SYSTEM_KEYS = ("model", "path", "input_shape", "bounds", "output", "name")

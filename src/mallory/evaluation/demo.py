@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 
 from mallory.attacks.base import create
+from mallory.attacks.surrogate import train_surrogate
 from mallory.evaluation.campaign import Campaign, ThreatPlan
-from mallory.features import FeatureConstraints
-from mallory.surrogate import train_surrogate
 from mallory.threat import label_only, no_knowledge, score_based, transfer, white_box
+from mallory.threat.features import FeatureConstraints
 from mallory.zoo import load_dataset, load_model
 
 IMAGE_TRICKS = ("gaussian-noise", "uniform-noise", "contrast", "blur", "shift", "rotate", "occlude")

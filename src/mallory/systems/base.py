@@ -3,7 +3,7 @@
 A bare model is a one-stage system. Each stage says whether it is differentiable and
 deterministic; a non-differentiable stage may offer a surrogate for its backward pass
 (BPDA, Athalye et al. 2018; the identity by default). Attacks never call a system: the
-:class:`~mallory.oracle.Oracle` does, under a threat model.
+:class:`~mallory.access.oracle.Oracle` does, under a threat model.
 """
 
 from __future__ import annotations

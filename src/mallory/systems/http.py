@@ -3,7 +3,7 @@
 The protocol
 ------------
 
-:func:`mallory.serve.serve` speaks it; any server that speaks it can be attacked.
+:func:`mallory.serve.server.serve` speaks it; any server that speaks it can be attacked.
 
 ``GET /info`` answers ``200`` and a JSON object that describes the model::
 
@@ -37,7 +37,7 @@ What the client makes of the answers
 
 :class:`HttpModel` turns every answer into a row of ``num_classes`` scores, and its
 ``exposes`` says how much of that the server really showed, so that the
-:class:`~mallory.oracle.Oracle` refuses threat models that grant more:
+:class:`~mallory.access.oracle.Oracle` refuses threat models that grant more:
 
 - ``logits`` and ``scores`` are passed on as they are (``output`` logits or probabilities);
 - ``top-k`` becomes probabilities: the k shown classes keep their scores, and the mass left

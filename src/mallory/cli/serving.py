@@ -1,0 +1,117 @@
+"""``mallory serve``: a system as a black-box prediction API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mallory.cli.app import app, console, errors
+from mallory.errors import MalloryError
+from mallory.systems.base import Output
+from mallory.threat import Exposure
+
+
+def _numbers(text: str, option: str, kind: type[int] | type[float]) -> list[Any]:
+    """A comma-separated list of numbers, as for --input-shape 1,28,28 or --bounds 0,1."""
+    try:
+        return [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected numbers separated by commas, got {text!r}", param_hint=option
+        ) from None
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="zoo model name (see `mallory list models`), or a saved model file: .onnx, "
+            ".pt (TorchScript), .pt2 (torch.export), .pkl/.joblib (scikit-learn; loading a "
+            "pickle runs the code it names: serve only files you trust)"
+        ),
+    ],
+    exposure: Annotated[
+        Exposure, typer.Option(help="what an answer shows: never more than this")
+    ] = Exposure.SCORES,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="classes shown with --exposure top-k", min=1)
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on (loopback unless --allow-remote)")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="port to listen on (0: any free one)", min=0, max=65535)
+    ] = 8000,
+    allow_remote: Annotated[
+        bool, typer.Option(help="allow a non-loopback --host: anyone reaching it may query")
+    ] = False,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(help="requests per second per client; beyond it 429 (default: no limit)"),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="most inputs per request", min=1)] = 256,
+    query_log: Annotated[
+        Path | None, typer.Option(help="append every request to this file as a JSON line")
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="shape of one input for a saved file, e.g. 1,28,28 (no batch dim)"),
+    ] = None,
+    bounds: Annotated[
+        str | None, typer.Option(help="input bounds LOWER,UPPER for a saved file, e.g. 0,1")
+    ] = None,
+    output: Annotated[
+        Output, typer.Option(help="what a saved torch or ONNX model returns")
+    ] = Output.LOGITS,
+) -> None:
+    """Serve a model as an HTTP prediction API (GET /info, POST /predict) to attack as a black
+    box, e.g. with mallory.HttpModel. Ctrl-C stops it."""
+    from mallory.serve.server import Server, check_host, serve_forever
+    from mallory.systems.saved import load_saved
+    from mallory.zoo import load_model
+
+    shape = _numbers(input_shape, "--input-shape", int) if input_shape is not None else None
+    box = _numbers(bounds, "--bounds", float) if bounds is not None else None
+    if box is not None and len(box) != 2:
+        raise typer.BadParameter(f"expected LOWER,UPPER, got {bounds!r}", param_hint="--bounds")
+
+    def ready(server: Server) -> None:
+        shown = f"top-{server.top_k}" if server.top_k is not None else server.exposure.value
+        console.print(
+            f"serving {system.name} at {server.url} (exposure {shown}): GET /info, "
+            "POST /predict; Ctrl-C stops",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        check_host(host, allow_remote)
+        if Path(model).suffix or Path(model).exists():  # zoo names have no dot
+            system = load_saved(
+                model,
+                input_shape=shape,
+                bounds=(box[0], box[1]) if box is not None else None,
+                output=output,
+            )
+        else:
+            system = load_model(model)
+        serve_forever(
+            system,
+            host=host,
+            port=port,
+            exposure=exposure,
+            top_k=top_k,
+            rate_limit=rate_limit,
+            max_batch=max_batch,
+            query_log=query_log,
+            allow_remote=allow_remote,
+            ready=ready,
+        )
+    except MalloryError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print("stopped")

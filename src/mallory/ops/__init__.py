@@ -1,0 +1,1 @@
+"""Tensor operations shared by attacks and defenses (image transformations)."""
