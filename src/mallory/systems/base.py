@@ -19,7 +19,12 @@ from torch import Tensor
 from mallory.errors import AccessError, InputError
 from mallory.threat import Exposure
 
-StageFn = Callable[[Tensor], Tensor]
+StageFn = Callable[[Tensor], "Tensor | Verdict"]
+
+REFUSED = -1
+"""The label of a row the system refused to answer (blocked, banned, sent to review)."""
+ABSTAINED = -2
+"""The label of a row the system declined to decide (a certified model that abstains)."""
 
 
 def identity(x: Tensor) -> Tensor:
@@ -34,11 +39,36 @@ class Output(StrEnum):
     PROBABILITIES = "probabilities"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a deciding stage returns instead of a bare tensor: its outputs, and the rows it
+    refused (a detector that blocks, a response policy that bans or sends to review) or on
+    which it abstained (a certified model that will not decide).
+
+    ``values`` has one row per input; a later stage still receives every row (a refused row's
+    values are whatever the stage passed on), and the system's answer marks the refused and
+    abstained rows of every stage. ``reason`` says why rows were refused (for the report).
+    """
+
+    values: Tensor
+    refused: Tensor | None = None
+    abstained: Tensor | None = None
+    reason: str = ""
+
+    def mask(self, which: str) -> Tensor:
+        """The ``refused`` or ``abstained`` mask, all False when the stage gave none."""
+        value = getattr(self, which)
+        if value is None:
+            return torch.zeros(len(self.values), dtype=torch.bool)
+        return value.to(device="cpu", dtype=torch.bool)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Stage:
     """One component of a system: preprocessing, feature extractor, model, detector.
 
-    ``fn`` maps a batch to a batch. A stage that is not ``differentiable`` is bridged, for
+    ``fn`` maps a batch to a batch, or to a :class:`Verdict` when the stage may refuse or
+    abstain on some rows. A stage that is not ``differentiable`` is bridged, for
     attackers allowed gradients, by ``surrogate`` (a differentiable stand-in for its backward
     pass); ``surrogate=None`` means no gradient can pass through it. A ``defense`` stage is
     invisible to a non-adaptive attacker's gradients.
@@ -172,11 +202,32 @@ class System:
         return all(s.deterministic for s in self.stages)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The system's outputs on a batch, without gradients."""
+        """The system's outputs on a batch, without gradients (refused and abstained rows hold
+        whatever the last stage gave them; :meth:`answer` marks them)."""
+        return self.answer(x).values
+
+    def answer(self, x: Tensor) -> Verdict:
+        """The system's outputs on a batch, without gradients, with the rows any stage refused
+        or abstained on (a refusal wins over an abstention on the same row)."""
+        refused = abstained = None
+        reasons: list[str] = []
         with torch.no_grad():
             for stage in self.stages:
-                x = stage.fn(x)
-        return x
+                out = stage.fn(x)
+                if isinstance(out, Verdict):
+                    if out.refused is not None:
+                        mask = out.mask("refused")
+                        refused = mask if refused is None else refused | mask
+                        if out.reason and bool(mask.any()):
+                            reasons.append(out.reason)
+                    if out.abstained is not None:
+                        mask = out.mask("abstained")
+                        abstained = mask if abstained is None else abstained | mask
+                    out = out.values
+                x = out
+        if refused is not None and abstained is not None:
+            abstained = abstained & ~refused
+        return Verdict(x, refused, abstained, "; ".join(dict.fromkeys(reasons)))
 
     def gradient_path(self, *, adaptive: bool) -> tuple[Stage, ...]:
         """The stages a gradient passes through (defenses drop out for a non-adaptive attacker).
@@ -201,11 +252,15 @@ class System:
         """
         for stage in self.gradient_path(adaptive=adaptive):
             if stage.differentiable:
-                x = stage.fn(x)
+                x = _values(stage.fn(x))
             else:
                 assert stage.surrogate is not None  # checked by gradient_path
                 with torch.no_grad():
-                    exact = stage.fn(x)
-                stand_in = stage.surrogate(x)
+                    exact = _values(stage.fn(x))
+                stand_in = _values(stage.surrogate(x))
                 x = stand_in + (exact - stand_in).detach()
         return x
+
+
+def _values(out: Tensor | Verdict) -> Tensor:
+    return out.values if isinstance(out, Verdict) else out

@@ -51,8 +51,7 @@ class TorchModel(System):
         if num_classes is None:
             probe = torch.zeros((1, *input_shape), dtype=dtype, device=device)
             with torch.no_grad():
-                for stage in stages:
-                    probe = stage.fn(probe)
+                probe = run(preprocess(probe) if preprocess is not None else probe)
             if probe.dim() != 2:
                 raise InputError(
                     f"The module must return (batch, classes) outputs; got shape "
