@@ -178,10 +178,12 @@ def test_noise_at_the_threat_models_budget(
     assert result.success.any()
     size = result.linf if norm == "linf" else result.l2
     assert float(size.max()) <= eps * (1 + 1e-5)
-    # the noise is drawn at the budget itself; only the bounds cut it shorter
+    # the noise is drawn at the budget itself; only the bounds cut it shorter (a pixel at 0
+    # keeps only positive noise, so the largest of 64 coordinates falls below 0.75 eps with
+    # probability about 0.875 ** 64, 0.02%)
     broken = result.success
     if norm == "linf":
-        assert bool((size[broken] > 0.9 * eps).all())
+        assert bool((size[broken] > 0.75 * eps).all())
     else:
         assert bool((size[broken] > 0.5 * eps).all())
 

@@ -295,55 +295,59 @@ def test_l0_ignores_float_noise() -> None:
 @PROPERTY
 @given(seed=st.integers(-(2**40), 2**40), key=st.integers(-5, 10**6))
 def test_noise_does_not_depend_on_batch_composition(seed: int, key: int) -> None:
-    everyone = Noise(seed, torch.arange(10))
-    pair = Noise(seed, torch.tensor([3, 7]))
+    everyone = Noise(seed, torch.arange(10)).fold("test", key)
+    pair = Noise(seed, torch.tensor([3, 7])).fold("test", key)
     for draw in ("uniform", "normal", "sign"):
-        full = getattr(everyone, draw)(key, (2, 3))
-        part = getattr(pair, draw)(key, (2, 3))
+        full = getattr(everyone, draw)((2, 3))
+        part = getattr(pair, draw)((2, 3))
         assert full.shape == (10, 2, 3)
         assert torch.equal(full[[3, 7]], part)
         # rows= selects within the batch the same way
-        assert torch.equal(getattr(everyone, draw)(key, (2, 3), torch.tensor([7, 3])), full[[7, 3]])
-    ints = everyone.integers(key, 9, (5,))
-    assert torch.equal(ints[[3, 7]], pair.integers(key, 9, (5,)))
+        assert torch.equal(getattr(everyone, draw)((2, 3), torch.tensor([7, 3])), full[[7, 3]])
+    ints = everyone.integers(9, (5,))
+    assert torch.equal(ints[[3, 7]], pair.integers(9, (5,)))
     # a bound view draws the same as a fresh one
-    assert torch.equal(
-        everyone.bind(torch.tensor([3, 7])).uniform(key, (4,)), pair.uniform(key, (4,))
-    )
+    assert torch.equal(everyone.bind(torch.tensor([3, 7])).uniform((4,)), pair.uniform((4,)))
 
 
 def test_noise_order_and_duplicates() -> None:
-    base = Noise(1, torch.arange(6)).uniform(0, (8,))
-    shuffled = Noise(1, torch.tensor([5, 0, 2, 2])).uniform(0, (8,))
+    base = Noise(1, torch.arange(6)).uniform((8,))
+    shuffled = Noise(1, torch.tensor([5, 0, 2, 2])).uniform((8,))
     assert torch.equal(shuffled, base[[5, 0, 2, 2]])
 
 
-def test_noise_differs_across_keys_seeds_ids_positions() -> None:
+def test_noise_differs_across_streams_seeds_ids_positions() -> None:
     ids = torch.arange(4)
-    a = Noise(0, ids).uniform(0, (100,))
-    assert not torch.equal(a, Noise(0, ids).uniform(1, (100,)))
-    assert not torch.equal(a, Noise(1, ids).uniform(0, (100,)))
+    a = Noise(0, ids).fold("a").uniform((100,))
+    assert not torch.equal(a, Noise(0, ids).fold("b").uniform((100,)))
+    assert not torch.equal(a, Noise(0, ids).fold("a", 1).uniform((100,)))
+    assert not torch.equal(a, Noise(1, ids).fold("a").uniform((100,)))
+    assert not torch.equal(a, Noise(0, ids).uniform((100,)))
     assert not torch.equal(a[0], a[1])  # ids differ
     assert len(torch.unique(a[0])) > 95  # positions differ
-    assert not torch.equal(Noise(0, ids).normal(0, (50,)), Noise(0, ids).normal(1, (50,)))
-    # the same call twice gives the same numbers
-    assert torch.equal(a, Noise(0, ids).uniform(0, (100,)))
+    # folding is a path: ("a", 1) then "b" differs from ("a", 2) then "b", and from "b" alone
+    deep = Noise(0, ids).fold("a", 1).fold("b").uniform((100,))
+    assert not torch.equal(deep, Noise(0, ids).fold("a", 2).fold("b").uniform((100,)))
+    assert not torch.equal(deep, Noise(0, ids).fold("b").uniform((100,)))
+    # the same stream twice gives the same numbers
+    assert torch.equal(a, Noise(0, ids).fold("a").uniform((100,)))
 
 
 def test_noise_shapes_dtypes_devices() -> None:
     noise = Noise(3, torch.arange(5))
-    assert noise.uniform(0).shape == (5,)
-    assert noise.uniform(0, (2, 3)).shape == (5, 2, 3)
-    assert noise.uniform(0, (2,), dtype=torch.float64).dtype == torch.float64
-    assert noise.normal(0, (2,)).dtype == torch.float32
-    assert noise.integers(0, 4, (3,)).dtype == torch.int64
-    assert noise.sign(0, (3,), rows=torch.tensor([1, 2])).shape == (2, 3)
-    assert noise.uniform(0, (2,), device="cpu").device.type == "cpu"
+    assert noise.uniform().shape == (5,)
+    assert noise.uniform((2, 3)).shape == (5, 2, 3)
+    assert noise.uniform((2,), dtype=torch.float64).dtype == torch.float64
+    assert noise.normal((2,)).dtype == torch.float32
+    assert noise.normal((3, 3)).shape == (5, 3, 3)  # an odd count of a Box-Muller pair
+    assert noise.integers(4, (3,)).dtype == torch.int64
+    assert noise.sign((3,), rows=torch.tensor([1, 2])).shape == (2, 3)
+    assert noise.uniform((2,), device="cpu").device.type == "cpu"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_uniform_in_unit_interval(dtype: torch.dtype) -> None:
-    u = Noise(11, torch.arange(100)).uniform(2, (1000,), dtype=dtype)
+    u = Noise(11, torch.arange(100)).uniform((1000,), dtype=dtype)
     assert bool((u >= 0).all()) and bool((u < 1).all())
     assert abs(float(u.double().mean()) - 0.5) < 0.01
     # roughly flat: each tenth holds about a tenth
@@ -353,29 +357,39 @@ def test_uniform_in_unit_interval(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_uniform_in_unit_interval_half_precision(dtype: torch.dtype) -> None:
-    u = Noise(0, torch.arange(100)).uniform(1, (10000,), dtype=dtype)
+    u = Noise(0, torch.arange(100)).uniform((10000,), dtype=dtype)
     assert bool((u < 1).all())
 
 
 def test_normal_roughly_standard() -> None:
-    z = Noise(5, torch.arange(10)).normal(0, (1000,), dtype=torch.float64)
+    z = Noise(5, torch.arange(10)).normal((1000,), dtype=torch.float64)
     assert z.numel() == 10_000
     assert bool(torch.isfinite(z).all())
     assert abs(float(z.mean())) < 0.05
     assert abs(float(z.std()) - 1.0) < 0.05
     assert abs(float((z.abs() < 1).double().mean()) - 0.6827) < 0.03
+    # both numbers of each pair are used, and they are uncorrelated
+    first, second = z[:, 0::2].flatten(), z[:, 1::2].flatten()
+    assert abs(float(torch.corrcoef(torch.stack([first, second]))[0, 1])) < 0.05
+
+
+def test_a_longer_draw_begins_with_a_shorter_one() -> None:
+    noise = Noise(2, torch.arange(3)).fold("prefix")
+    for draw in ("uniform", "normal", "sign"):
+        short, long = getattr(noise, draw)((7,)), getattr(noise, draw)((20,))
+        assert torch.equal(long[:, :7], short), draw
 
 
 @PROPERTY
 @given(seed=st.integers(0, 2**32), high=st.integers(1, 50))
 def test_integers_in_range(seed: int, high: int) -> None:
-    k = Noise(seed, torch.arange(20)).integers(4, high, (30,))
+    k = Noise(seed, torch.arange(20)).integers(high, (30,))
     assert bool((k >= 0).all()) and bool((k < high).all())
 
 
 def test_integers_per_row_bounds_and_coverage() -> None:
     high = torch.tensor([1, 2, 7, 10])
-    k = Noise(0, torch.arange(4)).integers(0, high, (500,))
+    k = Noise(0, torch.arange(4)).integers(high, (500,))
     assert k.shape == (4, 500)
     assert bool((k >= 0).all()) and bool((k < high[:, None]).all())
     assert bool((k[0] == 0).all())
@@ -384,7 +398,7 @@ def test_integers_per_row_bounds_and_coverage() -> None:
 
 
 def test_sign_values() -> None:
-    s = Noise(0, torch.arange(10)).sign(0, (1000,))
+    s = Noise(0, torch.arange(10)).sign((1000,))
     assert set(s.unique().tolist()) == {-1.0, 1.0}
     assert abs(float(s.mean())) < 0.05
 

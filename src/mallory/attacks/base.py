@@ -279,7 +279,7 @@ class Attack:
             return t
         if given is not None:
             raise InputError("targets were given, but the threat model says targets='random'.")
-        shift = 1 + noise.integers(key=-1, high=classes - 1, device=y.device)
+        shift = 1 + noise.fold("targets").integers(classes - 1, device=y.device)
         return (y + shift) % classes
 
     # ------------------------------------------------------------------ description

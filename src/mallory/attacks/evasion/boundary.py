@@ -170,7 +170,9 @@ class BoundaryAttack(Attack):
         towards = (current - x).unsqueeze(1)  # (m, 1, *shape), length dist
         r = dist.to(x).view(view)
         unit = towards / r
-        eta = noise.normal(step, (k, *shape), rows, dtype=x.dtype, device=x.device)
+        eta = noise.fold("boundary.step", step).normal(
+            (k, *shape), rows, dtype=x.dtype, device=x.device
+        )
         eta = eta - (eta * unit).flatten(2).sum(2).view(m, k, *[1] * len(shape)) * unit
         length = eta.flatten(2).norm(dim=2).clamp_min(1e-30).view(m, k, *[1] * len(shape))
         delta = spherical[rows].to(x).view(view)

@@ -23,9 +23,6 @@ from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule, choice, integer, real
 from mallory.errors import InputError
 
-# Noise keys of the estimator's draws: far from the small keys attacks use for their own.
-_KEY_BASE = 1 << 28
-
 
 class Method(StrEnum):
     """How the gradient is estimated from scores."""
@@ -253,13 +250,13 @@ class EstimatingView(OracleView):
     def _directions(self, rows: Tensor, made: int, like: Tensor) -> Tensor:
         """Directions ``(len(rows), count, ...)`` for rows that made ``made`` estimates."""
         est, shape = self._estimator, like.shape[1:]
-        key = _KEY_BASE + made
+        stream = self._noise.fold("nes.directions", made)
         kw: dict[str, Any] = {"rows": rows, "dtype": like.dtype, "device": like.device}
         if est.method is Method.NES:
-            return self._noise.normal(key, (est.samples, *shape), **kw)
+            return stream.normal((est.samples, *shape), **kw)
         size = shape.numel()
         count = self._count(size)
-        picks = self._noise.uniform(key, (size,), **kw).argsort(1)[:, :count]  # distinct
+        picks = stream.uniform((size,), **kw).argsort(1)[:, :count]  # distinct
         onehot = torch.zeros((len(rows), count, size), dtype=like.dtype, device=like.device)
         onehot.scatter_(2, picks[:, :, None], 1.0)
         return onehot.view(len(rows), count, *shape)

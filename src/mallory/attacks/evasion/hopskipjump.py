@@ -178,7 +178,9 @@ def _direction(
         n, k = len(rows[part]), int(counts[part].max())
         if k <= 0:
             continue
-        u = noise.normal(key, (k, *shape), rows[part], dtype=points.dtype, device=points.device)
+        u = noise.fold("hopskipjump.direction", key).normal(
+            (k, *shape), rows[part], dtype=points.dtype, device=points.device
+        )
         u = u / u.flatten(2).norm(dim=2).clamp_min(1e-30).view(n, k, *[1] * len(shape))
         r = radius[part].to(points).view(view)
         probes = probe.oracle.bounds.clamp(points[part, None] + r * u)

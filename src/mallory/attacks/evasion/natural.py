@@ -71,7 +71,6 @@ class Trick(Attack):
     family = Family.TRICK
     minimizes = True
     images_only: ClassVar[bool] = True
-    key: ClassVar[int] = 0  # first noise key of the trick (keys of different tricks differ)
 
     def check_applicable(self, oracle: Oracle) -> None:
         super().check_applicable(oracle)
@@ -180,7 +179,6 @@ class GaussianNoise(Trick):
     """
 
     paper = HENDRYCKS
-    key = 1 << 16
 
     levels: int = integer(4, low=1, help="strengths tried, evenly spaced up to the top one")
     tries: int = integer(3, low=1, help="random draws per strength")
@@ -197,7 +195,7 @@ class GaussianNoise(Trick):
     def candidate(
         self, oracle: OracleView, x: Tensor, rows: Tensor, noise: Noise, setting: Setting, step: int
     ) -> Tensor:
-        z = noise.normal(self.key + step, x.shape[1:], rows, dtype=x.dtype, device=x.device)
+        z = noise.fold(self.name, step).normal(x.shape[1:], rows, dtype=x.dtype, device=x.device)
         fraction, eps = setting[0], oracle.eps
         if math.isfinite(eps) and oracle.norm is Norm.LINF:
             top = fraction * eps
@@ -237,7 +235,6 @@ class UniformNoise(Trick):
     """
 
     paper = HENDRYCKS
-    key = 2 << 16
 
     levels: int = integer(4, low=1, help="strengths tried, evenly spaced up to the top one")
     tries: int = integer(3, low=1, help="random draws per strength")
@@ -254,7 +251,7 @@ class UniformNoise(Trick):
     def candidate(
         self, oracle: OracleView, x: Tensor, rows: Tensor, noise: Noise, setting: Setting, step: int
     ) -> Tensor:
-        u = noise.uniform(self.key + step, x.shape[1:], rows, dtype=x.dtype, device=x.device)
+        u = noise.fold(self.name, step).uniform(x.shape[1:], rows, dtype=x.dtype, device=x.device)
         v = 2 * u - 1
         fraction, eps = setting[0], oracle.eps
         if math.isfinite(eps) and oracle.norm is Norm.LINF:

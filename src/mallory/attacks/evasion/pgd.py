@@ -176,15 +176,14 @@ class PGD(Attack):
         norm, eps = oracle.norm, oracle.eps
         shape, where = origin.shape[1:], rows.cpu()
         dtype, device = origin.dtype, origin.device
-        # keys: uniform draws use -2, -3, ... (the base draws targets with -1); normal draws
-        # use restart numbers, which map to positive uniform keys
+        draw = noise.fold("pgd.start", restart)
         if norm is Norm.LINF:
-            u = noise.uniform(-2 - restart, shape, where, dtype=dtype, device=device)
+            u = draw.uniform(shape, where, dtype=dtype, device=device)
             delta = eps * (2.0 * u - 1.0)
         else:
-            direction = noise.normal(restart, shape, where, dtype=dtype, device=device)
+            direction = draw.fold("direction").normal(shape, where, dtype=dtype, device=device)
             length = direction.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-            u = noise.uniform(-2 - restart, (), where, dtype=dtype, device=device)
+            u = draw.fold("radius").uniform((), where, dtype=dtype, device=device)
             radius = eps * u ** (1.0 / shape.numel())
             delta = direction * (radius / length).view(-1, *[1] * len(shape))
         return project(origin + delta, origin, norm, eps, oracle.bounds)

@@ -18,8 +18,6 @@ from mallory.attacks.params import choice, integer, real
 from mallory.threat import Norm
 from mallory.threat.perturbation import project
 
-_ORDER_KEY = 0  # noise key of the per-sample order of directions
-
 
 class Basis(StrEnum):
     """The orthonormal directions SimBA tries."""
@@ -162,7 +160,7 @@ class SimBA(Attack):
     def _order(self, noise: Noise, rows: Tensor, image: tuple[int, int, int]) -> Tensor:
         """Each sample's order of directions ``(n, C H W)``: indices into the flat basis."""
         channels, height, width = image
-        draw = noise.uniform(_ORDER_KEY, (channels * height * width,), rows.cpu())
+        draw = noise.fold("simba.order").uniform((channels * height * width,), rows.cpu())
         draw = draw.to(device=rows.device, dtype=torch.float64)
         if self.basis is Basis.PIXEL:
             return draw.argsort(1)

@@ -19,7 +19,6 @@ from mallory.threat import Norm
 # The paper's schedule for 10,000 queries: p halves after each of these iterations; other
 # budgets rescale it (iteration i of n counts as i * 10000 / n).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-_STRIDE = 8  # noise keys per iteration
 
 Clamp = Callable[[Tensor], Tensor]
 
@@ -204,20 +203,22 @@ def _window(top: Tensor, left: Tensor, tall: Tensor, wide: Tensor, image: Tensor
 
 
 def _place(
-    noise: Noise, key: int, rows: Tensor, tall: Tensor, wide: Tensor, image: Tensor
+    noise: Noise, rows: Tensor, tall: Tensor, wide: Tensor, image: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Top row and left column of a window of each size, at random inside the image."""
     height, width = image.shape[-2:]
     where = rows.cpu()
-    top = noise.integers(key, (height - tall + 1).cpu(), rows=where).to(image.device)
-    left = noise.integers(key + 1, (width - wide + 1).cpu(), rows=where).to(image.device)
+    top = noise.fold("top").integers((height - tall + 1).cpu(), rows=where).to(image.device)
+    left = noise.fold("left").integers((width - wide + 1).cpu(), rows=where).to(image.device)
     return top, left
 
 
 def _stripes(noise: Noise, image: tuple[int, int, int], like: Tensor) -> Tensor:
     """One random sign per channel and column, the same down each column: ``(n, C, 1, W)``."""
     channels, _, width = image
-    return noise.sign(0, (channels, 1, width), dtype=like.dtype, device=like.device)
+    return noise.fold("square.stripes").sign(
+        (channels, 1, width), dtype=like.dtype, device=like.device
+    )
 
 
 def _linf_step(
@@ -235,10 +236,10 @@ def _linf_step(
     A proposal that would change nothing (the window already holds those values) takes the
     opposite signs instead, as the paper redraws such proposals.
     """
-    key = _STRIDE * step
+    draw = noise.fold("square.step", step)
     tall, wide = _sides(p, origin.shape[2], origin.shape[3], l2=False)
-    mask = _window(*_place(noise, key, rows, tall, wide, origin), tall, wide, origin)
-    sign = noise.sign(key + 2, (origin.shape[1], 1, 1), rows.cpu(), dtype=origin.dtype)
+    mask = _window(*_place(draw.fold("window"), rows, tall, wide, origin), tall, wide, origin)
+    sign = draw.fold("sign").sign((origin.shape[1], 1, 1), rows.cpu(), dtype=origin.dtype)
     sign = sign.to(origin.device)
     candidate = torch.where(mask, clamp(origin + eps * sign), best)
     same = ((candidate - best).abs() <= 1e-7).flatten(1).all(1)
@@ -265,15 +266,15 @@ def _l2_step(
     together (and whatever the ball has left); W2 outside W1 is emptied; the whole
     perturbation is then rescaled to norm ``eps`` and clamped to the bounds.
     """
-    key = _STRIDE * step
+    draw = noise.fold("square.step", step)
     channels, height, width = origin.shape[1:]
     tall, wide = _sides(p, height, width, l2=True)
-    top, left = _place(noise, key, rows, tall, wide, origin)
+    top, left = _place(draw.fold("window"), rows, tall, wide, origin)
     first = _window(top, left, tall, wide, origin)
-    second = _window(*_place(noise, key + 4, rows, tall, wide, origin), tall, wide, origin)
+    second = _window(*_place(draw.fold("second"), rows, tall, wide, origin), tall, wide, origin)
     where = rows.cpu()
-    sign = noise.sign(key + 2, (channels, 1, 1), where, dtype=origin.dtype).to(origin.device)
-    split = noise.uniform(key + 3, (), where).to(origin.device) < 0.5
+    sign = draw.fold("sign").sign((channels, 1, 1), where, dtype=origin.dtype).to(origin.device)
+    split = draw.fold("split").uniform((), where).to(origin.device) < 0.5
     delta = best - origin
     total = _norm(delta, (1, 2, 3))
     in_first = _norm(delta * first, (2, 3))
@@ -298,8 +299,12 @@ def _l2_start(noise: Noise, rows: Tensor, origin: Tensor, eps: float) -> Tensor:
     off_h, off_w = (height - count_h * tile_h) // 2, (width - count_w * tile_w) // 2
     tiles = count_h * count_w
     where = rows.cpu()
-    splits = noise.uniform(1, (tiles,), where).to(origin.device) < 0.5
-    signs = noise.sign(2, (tiles, channels, 1, 1), where, dtype=origin.dtype).to(origin.device)
+    splits = noise.fold("square.start.split").uniform((tiles,), where).to(origin.device) < 0.5
+    signs = (
+        noise.fold("square.start.sign")
+        .sign((tiles, channels, 1, 1), where, dtype=origin.dtype)
+        .to(origin.device)
+    )
     tall = torch.full((n,), tile_h, device=origin.device)
     wide = torch.full((n,), tile_w, device=origin.device)
     delta = torch.zeros_like(origin)

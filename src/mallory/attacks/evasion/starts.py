@@ -39,7 +39,6 @@ from mallory.threat.perturbation import norm_of
 Proposer = Callable[[Tensor, Tensor, tuple[Tensor, Tensor], Noise, int], Tensor | None]
 
 # Noise keys of the starting-point search, far from the attacks' own (iteration) keys.
-_START_KEY = 1 << 20
 # Samples whose distances to the whole batch are computed at once (bounds the memory).
 _NEIGHBOUR_ROWS = 512
 
@@ -92,7 +91,9 @@ def uniform_noise(tries: int = 5) -> Proposer:
         if attempt >= tries:
             return None
         lower, upper = box
-        u = noise.uniform(_START_KEY + attempt, x.shape[1:], rows, dtype=x.dtype, device=x.device)
+        u = noise.fold("start.noise", attempt).uniform(
+            x.shape[1:], rows, dtype=x.dtype, device=x.device
+        )
         return lower + u * (upper - lower)
 
     return propose

@@ -56,7 +56,6 @@ class FeatureEdit(Trick):
 
     paper = APRUZZESE
     images_only = False
-    key = 4 << 16
 
     tries: int = integer(20, low=1, help="random edits per number of features edited")
     max_features: int = integer(3, low=1, help="the most features edited at once")
@@ -74,9 +73,9 @@ class FeatureEdit(Trick):
         flat = x.flatten(1)
         mutable = _mutable(oracle).to(x.device)
         m = len(mutable)
-        key = self.key + 2 * step
-        pick = noise.uniform(key, (m,), rows, device=x.device).argsort(1)[:, :k]
-        u = noise.uniform(key + 1, (m,), rows, dtype=torch.float64, device=x.device)
+        draw = noise.fold(self.name, step)
+        pick = draw.fold("features").uniform((m,), rows, device=x.device).argsort(1)[:, :k]
+        u = draw.fold("values").uniform((m,), rows, dtype=torch.float64, device=x.device)
         new = _new_values(oracle, flat[:, mutable], mutable, u).to(x.dtype)
         out = flat.clone()
         out.scatter_(1, mutable[pick], new.gather(1, pick))
