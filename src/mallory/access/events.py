@@ -1,0 +1,426 @@
+"""The event log: the ordered record of everything an attacker sent and got.
+
+Each entry is one :class:`Call`: the rows sent together, when, by which account, of which kind
+(a query, or a gradient query that also returns the logits), the sample each row belongs to
+(``-1`` for a row tied to no sample, an extraction query say), what became of each row (its
+:class:`Outcome`), why a refused row was refused (its :class:`Reason`), the seconds the system
+spent, and the price of an answered row. Per-sample totals, budgets, cost curves and stream
+detectors all read the log; the totals are kept up to date as calls are appended (they are
+derived from the log and never set any other way), so a budget check costs no more than an
+index.
+
+A row is *charged* (counted as a query, priced) when the system processed it: it answered,
+abstained, or one of its stages blocked it. A row refused before it reached the system (the
+attacker's own budget, a rate limit, a ban) and a row whose call failed are recorded, and cost
+nothing but the time they took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Kind(StrEnum):
+    """What a call asked for."""
+
+    QUERY = "query"  # the system's answer (logits, scores or a label, as exposed)
+    GRADIENT = "gradient"  # the answer and the gradient of a loss with respect to the input
+
+
+class Outcome(IntEnum):
+    """What became of one row of a call."""
+
+    ANSWERED = 0  # the system answered
+    ABSTAINED = 1  # the system processed it and declined to decide (a certified model)
+    BLOCKED = 2  # the system processed it and one of its stages refused (a detector)
+    REFUSED = 3  # refused before the system saw it (budget, rate limit, ban)
+    FAILED = 4  # the call failed (the system raised, timed out, answered garbage)
+
+    @property
+    def charged(self) -> bool:
+        """Whether the system processed the row (it counts as a query and is priced)."""
+        return self in (Outcome.ANSWERED, Outcome.ABSTAINED, Outcome.BLOCKED)
+
+
+class Reason(IntEnum):
+    """Why a row was refused or blocked (``NONE`` for the others)."""
+
+    NONE = 0
+    BUDGET = 1  # the threat model's query budget is spent (the attacker's own limit)
+    SHARE = 2  # this attack's share of the budget is spent (the campaign's allotment)
+    RATE = 3  # a rate limit
+    BAN = 4  # the account is banned
+    DETECTOR = 5  # a query-stream detector flagged the account
+    SYSTEM = 6  # a stage of the system refused the input
+
+    @property
+    def text(self) -> str:
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    Reason.NONE: "",
+    Reason.BUDGET: "query budget spent",
+    Reason.SHARE: "the attack's share of the budget spent",
+    Reason.RATE: "rate limited",
+    Reason.BAN: "banned",
+    Reason.DETECTOR: "flagged by a detector",
+    Reason.SYSTEM: "refused by the system",
+}
+
+
+class Clock(Protocol):
+    """Where the log's times come from."""
+
+    def now(self) -> float: ...
+
+    def wait(self, seconds: float) -> None: ...
+
+
+class WallClock:
+    """Real time (a served model, an HTTP client): waiting sleeps."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """Simulated time for an in-process attack: it advances by the seconds the system spends
+    answering and by every wait, without sleeping, so a rate limit costs the attacker time in
+    the ledger and none in the test suite."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+
+    def now(self) -> float:
+        return self._now
+
+    def wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self._now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.wait(seconds)
+
+
+@dataclass(frozen=True, eq=False)
+class Call:
+    """One call: rows sent together, with what became of each.
+
+    ``ids``, ``outcome`` and ``reason`` have one entry per row; ``flags`` marks, for gradient
+    calls, rows whose gradient was exactly zero (1) or not finite (2). ``seconds`` is the time
+    the call took (the system answering, and any wait a policy imposed); it is shared equally
+    by the rows that were not refused.
+    """
+
+    seq: int
+    time: float
+    seconds: float
+    account: str
+    kind: Kind
+    ids: Tensor
+    outcome: Tensor
+    reason: Tensor
+    price: float = 0.0
+    flags: Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def charged(self) -> Tensor:
+        return self.outcome <= int(Outcome.BLOCKED)
+
+    @property
+    def cost(self) -> float:
+        return float(self.charged.sum()) * self.price
+
+    def count(self, outcome: Outcome) -> int:
+        return int((self.outcome == int(outcome)).sum())
+
+
+ZERO_GRADIENT = 1
+NONFINITE_GRADIENT = 2
+
+
+class EventLog:
+    """An ordered, append-only log of calls, with per-sample totals derived as it grows.
+
+    Sample ids are non-negative ints (dataset indices); ``-1`` marks rows tied to no sample,
+    which count in the totals of the whole log but in no sample's.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[Call] = []
+        size = 0
+        self._queries = torch.zeros(size, dtype=torch.int64)
+        self._gradients = torch.zeros(size, dtype=torch.int64)
+        self._seconds = torch.zeros(size, dtype=torch.float64)
+        self._refused = torch.zeros(size, dtype=torch.int64)
+        self._failed = torch.zeros(size, dtype=torch.int64)
+        self.queries = 0  # charged rows, all samples and none
+        self.gradients = 0
+        self.seconds = 0.0
+        self.money = 0.0
+        self.refused = 0
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def calls(self, since: int = 0, account: str | None = None) -> list[Call]:
+        """The calls from position ``since`` on (see :meth:`mark`), of one account or all."""
+        chosen = self._calls[since:]
+        return chosen if account is None else [c for c in chosen if c.account == account]
+
+    def mark(self) -> int:
+        """A position in the log: :meth:`calls` and :meth:`totals` read what came after it."""
+        return len(self._calls)
+
+    # ------------------------------------------------------------------ writing
+    def record(
+        self,
+        *,
+        account: str,
+        kind: Kind,
+        ids: Tensor,
+        outcome: Tensor,
+        reason: Tensor | None = None,
+        time: float = 0.0,
+        seconds: float = 0.0,
+        price: float = 0.0,
+        flags: Tensor | None = None,
+    ) -> Call:
+        """Append one call (``outcome`` and ``reason`` per row, ints of :class:`Outcome` and
+        :class:`Reason`) and update the totals."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        outcome = outcome.to(device="cpu", dtype=torch.int8)
+        reason = (
+            torch.zeros(len(ids), dtype=torch.int8)
+            if reason is None
+            else reason.to(device="cpu", dtype=torch.int8)
+        )
+        if flags is not None:
+            flags = flags.to(device="cpu", dtype=torch.int8)
+        call = Call(
+            seq=len(self._calls),
+            time=float(time),
+            seconds=float(seconds),
+            account=account,
+            kind=Kind(kind),
+            ids=ids,
+            outcome=outcome,
+            reason=reason,
+            price=float(price),
+            flags=flags,
+        )
+        self._add(call)
+        return call
+
+    def extend(self, calls: list[Call]) -> None:
+        """Append calls recorded elsewhere (a resumed run replays its store)."""
+        for call in calls:
+            self._add(
+                Call(
+                    seq=len(self._calls),
+                    time=call.time,
+                    seconds=call.seconds,
+                    account=call.account,
+                    kind=call.kind,
+                    ids=call.ids,
+                    outcome=call.outcome,
+                    reason=call.reason,
+                    price=call.price,
+                    flags=call.flags,
+                )
+            )
+
+    def _add(self, call: Call) -> None:
+        self._calls.append(call)
+        charged = call.charged
+        n_charged = int(charged.sum())
+        self.queries += n_charged
+        self.money += n_charged * call.price
+        self.seconds += call.seconds
+        refused = call.outcome == int(Outcome.REFUSED)
+        failed = call.outcome == int(Outcome.FAILED)
+        self.refused += int(refused.sum())
+        self.failed += int(failed.sum())
+        if call.kind is Kind.GRADIENT:
+            self.gradients += n_charged
+        owned = call.ids >= 0
+        if not bool(owned.any()):
+            return
+        ids = call.ids[owned]
+        self._grow(int(ids.max()) + 1)
+        charged, refused, failed = charged[owned], refused[owned], failed[owned]
+        self._queries.index_add_(0, ids, charged.long())
+        if call.kind is Kind.GRADIENT:
+            self._gradients.index_add_(0, ids, charged.long())
+        self._refused.index_add_(0, ids, refused.long())
+        self._failed.index_add_(0, ids, failed.long())
+        waited = ~refused
+        if call.seconds and bool(waited.any()):
+            share = call.seconds / int((call.outcome != int(Outcome.REFUSED)).sum())
+            self._seconds.index_add_(
+                0, ids[waited], torch.full((int(waited.sum()),), share, dtype=torch.float64)
+            )
+
+    def _grow(self, need: int) -> None:
+        if need <= len(self._queries):
+            return
+        size = max(need, 2 * len(self._queries))
+        extra = size - len(self._queries)
+
+        def grow(t: Tensor) -> Tensor:
+            return torch.cat([t, torch.zeros(extra, dtype=t.dtype)])
+
+        self._queries, self._gradients = grow(self._queries), grow(self._gradients)
+        self._seconds, self._refused = grow(self._seconds), grow(self._refused)
+        self._failed = grow(self._failed)
+
+    # ------------------------------------------------------------------ reading
+    def queries_of(self, ids: Tensor) -> Tensor:
+        """Charged queries per sample id."""
+        return self._gather(self._queries, ids)
+
+    def gradients_of(self, ids: Tensor) -> Tensor:
+        """Gradient evaluations per sample id."""
+        return self._gather(self._gradients, ids)
+
+    def seconds_of(self, ids: Tensor) -> Tensor:
+        """Seconds per sample id (a call's time is shared by the rows it did not refuse)."""
+        return self._gather(self._seconds, ids)
+
+    def refused_of(self, ids: Tensor) -> Tensor:
+        """Rows refused before reaching the system, per sample id."""
+        return self._gather(self._refused, ids)
+
+    def failed_of(self, ids: Tensor) -> Tensor:
+        """Rows of failed calls, per sample id."""
+        return self._gather(self._failed, ids)
+
+    @staticmethod
+    def _gather(table: Tensor, ids: Tensor) -> Tensor:
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        out = torch.zeros(len(ids), dtype=table.dtype)
+        owned = (ids >= 0) & (ids < len(table))
+        out[owned] = table[ids[owned]]
+        return out
+
+    def totals(self, since: int = 0, account: str | None = None) -> Totals:
+        """What the calls from ``since`` on (of one account, or all) added up to."""
+        totals = Totals()
+        for call in self.calls(since, account):
+            charged = int(call.charged.sum())
+            totals.queries += charged
+            totals.money += charged * call.price
+            totals.seconds += call.seconds
+            totals.refused += call.count(Outcome.REFUSED)
+            totals.failed += call.count(Outcome.FAILED)
+            totals.blocked += call.count(Outcome.BLOCKED)
+            totals.abstained += call.count(Outcome.ABSTAINED)
+            if call.kind is Kind.GRADIENT:
+                totals.gradients += charged
+        return totals
+
+    def per_sample(self, ids: Tensor, since: int = 0) -> SampleTotals:
+        """Per-sample totals over the calls from ``since`` on, for the samples ``ids``."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        position = {int(i): k for k, i in enumerate(ids.tolist())}
+        n = len(ids)
+        out = SampleTotals(
+            queries=torch.zeros(n, dtype=torch.int64),
+            gradients=torch.zeros(n, dtype=torch.int64),
+            seconds=torch.zeros(n, dtype=torch.float64),
+            money=torch.zeros(n, dtype=torch.float64),
+            refused=torch.zeros(n, dtype=torch.int64),
+            failed=torch.zeros(n, dtype=torch.int64),
+            zero_gradients=torch.zeros(n, dtype=torch.int64),
+            nonfinite_gradients=torch.zeros(n, dtype=torch.int64),
+        )
+        if not n:
+            return out
+        lookup = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
+        lookup[ids[ids >= 0]] = torch.tensor(
+            [position[int(i)] for i in ids[ids >= 0].tolist()], dtype=torch.int64
+        )
+        for call in self._calls[since:]:
+            inside = (call.ids >= 0) & (call.ids < len(lookup))
+            if not bool(inside.any()):
+                continue
+            where = torch.full_like(call.ids, -1)
+            where[inside] = lookup[call.ids[inside]]
+            mine = where >= 0
+            if not bool(mine.any()):
+                continue
+            at = where[mine]
+            charged = call.charged[mine].long()
+            out.queries.index_add_(0, at, charged)
+            out.money.index_add_(0, at, charged.double() * call.price)
+            if call.kind is Kind.GRADIENT:
+                out.gradients.index_add_(0, at, charged)
+                if call.flags is not None:
+                    flags = call.flags[mine]
+                    out.zero_gradients.index_add_(0, at, ((flags & ZERO_GRADIENT) > 0).long())
+                    out.nonfinite_gradients.index_add_(
+                        0, at, ((flags & NONFINITE_GRADIENT) > 0).long()
+                    )
+            outcome = call.outcome[mine]
+            out.refused.index_add_(0, at, (outcome == int(Outcome.REFUSED)).long())
+            out.failed.index_add_(0, at, (outcome == int(Outcome.FAILED)).long())
+            waited = call.outcome != int(Outcome.REFUSED)
+            if call.seconds and bool(waited.any()):
+                share = call.seconds / int(waited.sum())
+                hit = waited[mine]
+                out.seconds.index_add_(0, at[hit], torch.full((int(hit.sum()),), share).double())
+        return out
+
+    def reasons(self, since: int = 0) -> dict[Reason, int]:
+        """How many rows were refused or blocked, by reason, from ``since`` on."""
+        counts: dict[Reason, int] = {}
+        for call in self._calls[since:]:
+            stopped = call.reason[call.reason > 0]
+            for code, count in zip(*torch.unique(stopped, return_counts=True), strict=True):
+                reason = Reason(int(code))
+                counts[reason] = counts.get(reason, 0) + int(count)
+        return counts
+
+
+@dataclass
+class Totals:
+    """What a stretch of the log added up to."""
+
+    queries: int = 0
+    gradients: int = 0
+    seconds: float = 0.0
+    money: float = 0.0
+    refused: int = 0
+    failed: int = 0
+    blocked: int = 0
+    abstained: int = 0
+
+
+@dataclass(frozen=True)
+class SampleTotals:
+    """Per-sample sums over a stretch of the log (one entry per sample asked about)."""
+
+    queries: Tensor
+    gradients: Tensor
+    seconds: Tensor
+    money: Tensor
+    refused: Tensor
+    failed: Tensor
+    zero_gradients: Tensor
+    nonfinite_gradients: Tensor
