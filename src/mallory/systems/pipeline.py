@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mallory.errors import InputError
+from mallory.errors import InputError, bad_param
 from mallory.systems.base import Bounds, Stage, System
+from mallory.threat import Exposure
 
 
 class Pipeline(System):
@@ -15,6 +16,10 @@ class Pipeline(System):
     Systems contribute their stages (renamed ``system.stage`` when names clash). The input
     shape and bounds are those of the first part unless given: a preprocessing stage in front
     of a model usually keeps the model's input space, so they default to the model's.
+
+    The pipeline answers as its last system does: ``exposes`` (and ``top_k``) default to that
+    system's. A pipeline may declare a poorer exposure (a wrapper that shows only labels), never
+    a richer one.
     """
 
     def __init__(
@@ -24,6 +29,8 @@ class Pipeline(System):
         input_shape: Sequence[int] | None = None,
         bounds: Bounds | tuple[Any, Any] | None = None,
         name: str = "pipeline",
+        exposes: Exposure | str | None = None,
+        top_k: int | None = None,
     ) -> None:
         if not parts or not isinstance(parts[-1], System):
             raise InputError("A Pipeline's last part must be a System (the model that scores).")
@@ -50,6 +57,7 @@ class Pipeline(System):
                     raise InputError(f"Duplicate stage name {stage.name!r} in Pipeline.")
                 seen.add(stage.name)
                 stages.append(stage)
+        shown, shown_k = _exposure(model, exposes, top_k)
         super().__init__(
             stages,
             input_shape=input_shape if input_shape is not None else first_system.input_shape,
@@ -58,4 +66,39 @@ class Pipeline(System):
             output=model.output,
             class_names=model.class_names,
             name=name,
+            exposes=shown,
+            top_k=shown_k,
         )
+
+
+def _exposure(
+    model: System, exposes: Exposure | str | None, top_k: int | None
+) -> tuple[Exposure, int | None]:
+    """The exposure a pipeline declares: the last system's, or a poorer one given."""
+    if exposes is None:
+        if top_k is not None:
+            raise bad_param("Pipeline", "top_k", "None unless exposes='top-k' is given", top_k)
+        return model.exposes, model.top_k
+    try:
+        shown = Exposure(exposes)
+    except ValueError:
+        choices = ", ".join(repr(e.value) for e in Exposure)
+        raise bad_param("Pipeline", "exposes", f"one of {choices}, or None", exposes) from None
+    if shown.richness > model.exposes.richness:
+        raise bad_param(
+            "Pipeline",
+            "exposes",
+            f"no richer than its last system {model.name!r} shows ({model.exposes.value!r})",
+            shown.value,
+        )
+    if shown is not Exposure.TOP_K:
+        if top_k is not None:
+            raise bad_param("Pipeline", "top_k", "None unless exposes='top-k'", top_k)
+        return shown, None
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise bad_param("Pipeline", "top_k", "an int >= 1 with exposes='top-k'", top_k)
+    if model.exposes is Exposure.TOP_K and model.top_k is not None and top_k > model.top_k:
+        raise bad_param(
+            "Pipeline", "top_k", f"at most the {model.top_k} scores its last system shows", top_k
+        )
+    return shown, top_k
