@@ -10,6 +10,7 @@ from mallory.attacks.base import (
     register,
 )
 from mallory.attacks.evasion import (  # noqa: F401  (registers)
+    apgd,
     battery,
     boundary,
     cw,

@@ -35,6 +35,24 @@ def margin(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
     return others - goal_logit if targets is None else goal_logit - others
 
 
+def dlr(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Difference of logits ratio (Croce and Hein, ICML 2020), with logits sorted so that
+    ``z_pi1 >= z_pi2 >= ...``.
+
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` (needs 3 classes);
+    targeted: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` (needs 4 classes).
+    Shifting the logits or scaling them by a positive constant leaves it unchanged, so a
+    saturated softmax cannot flatten it the way it flattens cross-entropy.
+    """
+    top = logits.topk(3 if targets is None else 4, dim=1).values
+    true_logit = logits.gather(1, y[:, None]).squeeze(1)
+    if targets is None:
+        others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        return -(true_logit - others) / (top[:, 0] - top[:, 2] + 1e-12)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(true_logit - target_logit) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def loss_fn(kind: Loss, y: Tensor, targets: Tensor | None) -> Callable[[Tensor], Tensor]:
     """A closure ``logits -> (n,)`` for the oracle's gradient query."""
     fn = cross_entropy if kind is Loss.CE else margin
