@@ -9,6 +9,7 @@ import typer
 
 from mallory.cli.app import app, console, errors
 from mallory.errors import MalloryError
+from mallory.serve.limits import DEFAULT_MAX_BATCH, DEFAULT_READ_TIMEOUT
 from mallory.systems.base import Output
 from mallory.threat import Exposure
 
@@ -52,7 +53,25 @@ def serve(
         float | None,
         typer.Option(help="requests per second per client; beyond it 429 (default: no limit)"),
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="most inputs per request", min=1)] = 256,
+    max_batch: Annotated[
+        int, typer.Option(help="most inputs per request; beyond it 413", min=1)
+    ] = DEFAULT_MAX_BATCH,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="largest request body in bytes; beyond it 413 (default: room for --max-batch "
+            "inputs at 32 bytes a number, plus 64 KiB)",
+            min=1,
+        ),
+    ] = None,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds a client may take to send a request's head, and again its body; "
+            "then 408 and the connection is closed",
+            min=0.001,
+        ),
+    ] = DEFAULT_READ_TIMEOUT,
     query_log: Annotated[
         Path | None, typer.Option(help="append every request to this file as a JSON line")
     ] = None,
@@ -67,8 +86,10 @@ def serve(
         Output, typer.Option(help="what a saved torch or ONNX model returns")
     ] = Output.LOGITS,
 ) -> None:
-    """Serve a model as an HTTP prediction API (GET /info, POST /predict) to attack as a black
-    box, e.g. with mallory.HttpModel. Ctrl-C stops it."""
+    """Serve a model as an HTTP prediction API to attack as a black box: mallory's protocol
+    (GET /info, POST /predict), which mallory.systems.http.HttpModel speaks, and the Open
+    Inference Protocol V2 (/v2/models/NAME/infer); GET /openapi.json describes both. Every
+    error is JSON; Ctrl-C stops it."""
     from mallory.serve.server import Server, check_host, serve_forever
     from mallory.systems.saved import load_saved
     from mallory.zoo import load_model
@@ -82,7 +103,7 @@ def serve(
         shown = f"top-{server.top_k}" if server.top_k is not None else server.exposure.value
         console.print(
             f"serving {system.name} at {server.url} (exposure {shown}): GET /info, "
-            "POST /predict; Ctrl-C stops",
+            "POST /predict, /v2 (Open Inference Protocol), GET /openapi.json; Ctrl-C stops",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -107,6 +128,8 @@ def serve(
             top_k=top_k,
             rate_limit=rate_limit,
             max_batch=max_batch,
+            max_body_bytes=max_body_bytes,
+            read_timeout=read_timeout,
             query_log=query_log,
             allow_remote=allow_remote,
             ready=ready,
