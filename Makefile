@@ -1,6 +1,7 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
 # Both create .venv at the repository root on first use. torch is installed first, pinned to
-# the CPU build (an unpinned torch would pull gigabytes of CUDA packages).
+# the CPU build (the package asks for a range; left to resolve it alone, pip would pull
+# gigabytes of CUDA packages). The zoo extra brings the packages its datasets ship in.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,11 +13,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e .
+	$(PIP) install -e ".[zoo]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,zoo]"
 	touch $@
 
 install: $(VENV)/.installed

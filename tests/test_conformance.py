@@ -17,9 +17,9 @@ What every attack must do:
 (h) be refused, before any query, when it needs more access than the threat model grants;
 (i) name its paper and document every parameter.
 
-An attack runs with its defaults, iteration counts capped (``CAPS``). One that cannot run on
-defaults alone (a transfer attack needs a surrogate model) may define a classmethod
-``conformance_params(system, x, y) -> dict`` giving the parameters it needs on this bench.
+An attack runs with its defaults and the parameters its class gives for a quick run on a small
+model (``Attack.test_params(system, x, y)``: its ``fast`` parameters, and what it needs built
+for the system, such as a transfer attack's surrogate).
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ from mallory import (
     ThreatModel,
     TorchModel,
 )
-from mallory.access.oracle import OracleView
-from mallory.attacks import REGISTRY
+from mallory.access.view import OracleView
+from mallory.attacks import REGISTRY, EvasionAttack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule
 from mallory.threat.features import FeatureConstraints
 from mallory.threat.perturbation import distances, norm_of
 
-ATTACKS = mallory.list_attacks()
+ATTACKS = mallory.list_attacks("evasion")
 
 SHAPE = (1, 8, 8)
 SAMPLES = 40
@@ -71,16 +71,6 @@ PRESETS = {
     Access.GRADIENTS: mallory.white_box,
     Access.SCORES: functools.partial(mallory.score_based, queries=200),
     Access.LABELS: functools.partial(mallory.label_only, queries=200),
-}
-# Iteration parameters capped to keep the suite fast, applied only where an attack has them.
-CAPS = {
-    "steps": 20,
-    "binary_steps": 3,
-    "restarts": 1,
-    "iterations": 50,
-    "max_iter": 50,
-    "n_queries": 200,
-    "max_queries": 200,
 }
 BUDGET = 7
 PRICE = 0.25  # money per query, in the budget run
@@ -140,21 +130,11 @@ def threat_for(cls: type[Attack]) -> ThreatModel:
 
 
 def make(name: str, bench: Bench | None = None, **params: Any) -> Attack:
-    """``create(name)`` with iteration parameters capped, where the attack has them, and with
-    what the attack says it needs to run on the bench (``conformance_params``), if anything."""
+    """``create(name)`` with the parameters its class gives for a quick run on the bench
+    (``test_params``: iteration counts, and what it needs built, such as a surrogate)."""
     cls = mallory.attack_class(name)
-    described = cls.describe()["params"]
-    capped = {
-        key: cap
-        for key, cap in CAPS.items()
-        if key in described
-        and isinstance(described[key]["default"], int)
-        and described[key]["default"] > cap
-    }
-    needs = getattr(cls, "conformance_params", None)
-    if bench is not None and needs is not None:
-        capped.update(needs(bench.system, bench.x, bench.y))
-    return mallory.create(name, **{**capped, **params})
+    quick = cls.test_params(bench.system, bench.x, bench.y) if bench is not None else dict(cls.fast)
+    return mallory.create(name, **{**quick, **params})
 
 
 @dataclass
@@ -475,9 +455,10 @@ def test_defaults_are_valid(name: str) -> None:
     for param, value in params.items():
         if value is None or isinstance(value, bool | int | float | str):
             assert value == defaults[param], (param, value, defaults[param])
-    # the capped attack the suite runs differs only in iteration counts
-    capped = make(name).params()
-    assert {k for k in capped if capped[k] != params[k]} <= set(CAPS)
+    # the quick attack the suite runs differs only in what its class says makes it quick
+    quick = make(name).params()
+    cls = mallory.attack_class(name)
+    assert {k for k in quick if quick[k] != params[k]} <= set(cls.fast)
 
 
 # ---------------------------------------------------------------- feature constraints
@@ -629,7 +610,7 @@ def test_registration_needs_a_frozen_dataclass() -> None:
 
 # ---------------------------------------------------------------- what the base does
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Peek(Attack):
+class Peek(EvasionAttack):
     """A test attack (not registered): queries the inverted image, then returns x unchanged."""
 
     access = Access.LABELS

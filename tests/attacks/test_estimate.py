@@ -20,7 +20,7 @@ from mallory import (
     score_based,
     white_box,
 )
-from mallory.attacks.evasion.estimate import EstimatedGradient, EstimatingView, complete_scores
+from mallory.attacks.evasion.estimate import EstimatedGradient, Estimator, complete_scores
 from mallory.attacks.evasion.losses import Loss, loss_fn
 from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
@@ -55,7 +55,7 @@ def estimate(model: TorchModel, x: torch.Tensor, y: torch.Tensor, loss: Loss, **
     ids = torch.arange(len(x))
     wrapper = create("nes", **params)
     assert isinstance(wrapper, EstimatedGradient)
-    view = EstimatingView(oracle.bind(ids), wrapper, Noise(0, ids))
+    view = oracle.bind(ids).with_gradient(Estimator(wrapper, Noise(0, ids), len(ids)))
     return view.gradient(x, loss_fn(loss, y, None)), oracle
 
 
@@ -84,7 +84,8 @@ def test_rows_without_budget_for_a_whole_estimate_spend_nothing():
     for i in range(3):  # rows 0-2 have spent 10 queries: 15 left, an estimate costs 21
         oracle.scores(x[i : i + 1].expand(10, -1), torch.full((10,), i))
     ids = torch.arange(len(x))
-    view = EstimatingView(oracle.bind(ids), create("nes", samples=10), Noise(0, ids))
+    estimator = Estimator(create("nes", samples=10), Noise(0, ids), len(ids))
+    view = oracle.bind(ids).with_gradient(estimator)
     answer = view.gradient(x, loss_fn(Loss.CE, y, None))
     refused = torch.isnan(answer.loss)
     assert refused.tolist() == [True] * 3 + [False] * 5

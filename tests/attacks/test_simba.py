@@ -10,7 +10,8 @@ from mallory.attacks.evasion.simba import _dct_direction, _dct_matrix  # registe
 from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
 
-N_MNIST = 100
+# 50 digits and 500 queries: a third of the cost of 100 digits and 1000 queries (measured)
+N_MNIST = 50
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +42,17 @@ def misclassified(model: TorchModel, x_adv: torch.Tensor, y: torch.Tensor) -> to
 
 # ---------------------------------------------------------------- known outcomes on MNIST
 @pytest.mark.slow
-@pytest.mark.parametrize(("basis", "least"), [("dct", 0.65), ("pixel", 0.75)])
+@pytest.mark.parametrize(("basis", "least"), [("dct", 0.65), ("pixel", 0.6)])
 def test_breaks_mnist_in_the_l2_ball(
     mnist: tuple[TorchModel, torch.Tensor, torch.Tensor], basis: str, least: float
 ):
     model, x, y = mnist
-    eps, budget = 3.0, 1000
+    eps, budget = 3.0, 500
     oracle = Oracle(model, score_based("l2", eps, queries=budget))
     result = create("simba", basis=basis, step=1.0)(oracle, x, y, rng=0)
-    # measured: dct 0.77 (median 109 queries), pixel 0.88 (median 163); random noise of
-    # norm 3 breaks only the 4 digits misclassified from the start
+    # measured on these 50 digits: dct 0.78, pixel 0.74 (0.72-0.84 and 0.68-0.80 on eight
+    # blocks of 50 test digits); 100 draws of random noise of norm 3 break only 4 of the 50
+    # (3 of them misclassified from the start)
     assert result.success_rate >= least
     assert bool((misclassified(model, result.x_adv, y) == result.success).all())
     assert float(result.l2.max()) <= eps + 1e-5

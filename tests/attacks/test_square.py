@@ -9,7 +9,8 @@ from mallory import AccessError, Oracle, TorchModel, create, label_only, score_b
 from mallory.attacks.evasion.square import _centered_mass, _schedule, _sides  # registers "square"
 from mallory.zoo import load_dataset, load_model
 
-N_MNIST = 100
+# 50 digits: each claim below holds on them with a margin (measured on 400 test digits)
+N_MNIST = 50
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_linf_breaks_mnist_within_budget(mnist: tuple[TorchModel, torch.Tensor, 
     model, x, y = mnist
     oracle = Oracle(model, score_based("linf", 0.3, queries=1000))
     result = create("square")(oracle, x, y, rng=0)
-    # measured: 0.99 of the 100 digits, median 49 queries for the successes
+    # measured: 0.98 of the 50 digits, median 65 queries for the successes (0.98-1.00 and
+    # 57-76 queries on eight blocks of 50 test digits)
     assert result.success_rate >= 0.9
     assert bool((misclassified(model, result.x_adv, y) == result.success).all())
     assert float(result.linf.max()) <= 0.3 + 1e-6
@@ -66,15 +68,17 @@ def test_l2_breaks_mnist_far_above_random_noise(
     assert int(result.queries.max()) <= 1000
     assert bool((misclassified(model, result.x_adv, y) == result.success).all())
     # the same samples under random noise of the same norm, 100 draws each (1000 draws
-    # measured the same: only the 4 digits misclassified from the start)
+    # measured the same: only the digits misclassified from the start, and one more)
     gen = torch.Generator().manual_seed(0)
     broken = torch.zeros(len(x), dtype=torch.bool)
     for _ in range(100):
         noise = torch.randn(x.shape, generator=gen)
         noise = eps * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        broken |= misclassified(model, (x + noise).clamp(0, 1), y)
+        left = ~broken  # a digit broken once stays broken: only the others are asked again
+        broken[left] = misclassified(model, (x[left] + noise[left]).clamp(0, 1), y[left])
     chance = float(broken.double().mean())
-    # measured: 0.87 (median 144 queries) against 0.04 for random noise
+    # measured: 0.86 of the 50 digits (median 131 queries) against 0.08 for random noise;
+    # 0.86-0.92 on four blocks of 50 test digits
     assert result.success_rate >= chance + 0.6
 
 

@@ -85,7 +85,7 @@ def test_report_renders_from_the_store_alone(store: Path, tmp_path: Path) -> Non
     )
     assert done.exit_code == 0, done.output
     report = json.loads(data.read_text())
-    assert report["schema"] == "mallory.report/1" and report["status"] == "complete"
+    assert report["schema"] == "mallory.report/2" and report["status"] == "complete"
     names = [t["name"] for t in report["threats"]]
     assert names == ["no-knowledge", "label-only", "white-box", "targeted grid"]
     white = report["threats"][2]

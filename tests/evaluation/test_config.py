@@ -259,12 +259,17 @@ def test_an_extracted_surrogate_counts_its_queries(tmp_path: Path) -> None:
             },
         }
     ]
-    (plan,) = parse(data, tmp_path).campaign.plans
+    campaign = parse(data, tmp_path).campaign
+    (plan,) = campaign.plans
     names = [a.name for a in plan.attacks]
-    assert "transfer" in names  # the defaults take the surrogate
-    surrogate = plan.attacks[names.index("transfer")].params()["surrogate"]
-    assert surrogate["source"] == "extraction"
-    assert surrogate["extraction_queries"] == 40  # 20 seeds, doubled once
+    assert names == ["transfer"]  # the defaults take the surrogate, extracted during the run
+    assert plan.extraction is not None and plan.extraction.attack.name == "jacobian-extraction"
+    assert len(plan.extraction.seed_x) == 20
+    # the extraction's queries are the threat model's: in its ledger, before the transfer
+    report = campaign.run(progress=False)
+    first = report.threats[0].attacks[0]
+    assert first.family == "extraction" and first.ledger.queries == 40  # 20 seeds, doubled once
+    assert report.threats[0].ledger.queries == 40 + report.threats[0].attacks[1].ledger.queries
 
 
 # ---------------------------------------------------------------- bad files
@@ -541,10 +546,10 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         _threat(
             preset="transfer",
             eps=0.3,
-            queries_per_sample=0,
+            queries_total=0,
             surrogate={"source": "extract", "samples": 5, "architecture": "mlp"},
         ),
-        ["threat[0].surrogate: extract_surrogate", "answered none of the 5 seed queries"],
+        ["threat[0].surrogate", "queries_total = 0"],
     ),
     (
         "surrogate given in the attack",

@@ -176,3 +176,56 @@ def test_inputs_round_trip_through_the_store(tmp_path: Path) -> None:
     for example in report.threats[0].examples:
         clean = data.x[example.sample].flatten().tolist()
         assert example.original == pytest.approx(clean, abs=1e-4)
+
+
+# A store written by mallory's previous release (store version 1): a campaign half done (the
+# label-only threat model committed, the white-box one not started), made by
+# the script in tests/evaluation/data/make_store_v1.md, with the release of commit 6ba8fa0.
+STORE_V1 = Path(__file__).parent / "data" / "store-v1.db"
+
+
+def test_a_store_of_the_previous_version_is_upgraded_and_resumes(tmp_path: Path) -> None:
+    import shutil
+
+    import mallory
+    from mallory.store import VERSION
+
+    path = tmp_path / "old.db"
+    shutil.copy(STORE_V1, path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("1",)
+        old_outcomes = db.execute(
+            "SELECT threat, attack, id, success FROM outcomes ORDER BY threat, attack, id"
+        ).fetchall()
+        old_spend = db.execute("SELECT SUM(queries) FROM ledger").fetchone()[0]
+    torch.set_num_threads(1)
+    system = load_model("digits-mlp", progress=False)
+    data = load_dataset("digits", "test").head(16)
+    plans = (
+        ThreatPlan(
+            threat=mallory.label_only("linf", 0.15, queries_per_sample=60),
+            attacks=(create("gaussian-noise"), create("blur")),
+        ),
+        ThreatPlan(
+            threat=white_box("linf", 0.1), attacks=(create("fgsm"), create("pgd", steps=10))
+        ),
+    )
+    campaign = Campaign(name="old", system=system, data=data, plans=plans, chunk=8, seed=1)
+    with Store(path) as store:
+        # upgraded in place: the event log rebuilt from the ledger keeps every budget
+        assert store.run("old")["status"] == "running"
+        calls = store.events("old", threat=0, account="attacker")
+        assert sum(int(c.charged.sum()) for c in calls) == old_spend
+        report = campaign.run(store, progress=False)
+        new_outcomes = store._db.execute(
+            "SELECT threat, attack, id, success FROM outcomes WHERE threat = 0 "
+            "ORDER BY threat, attack, id"
+        ).fetchall()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == (VERSION,)
+    # the old units were kept, not redone; the white-box threat model ran now
+    assert new_outcomes == old_outcomes
+    assert report.status == "complete"
+    assert [a.attack for a in report.threats[1].attacks] == ["fgsm", "pgd"]
+    assert report.threats[1].attacks[0].attempted > 0
+    assert report.threats[0].ledger.queries == old_spend

@@ -1,27 +1,49 @@
 """The Oracle: the attacker's only handle on a system under a threat model.
 
 It answers exactly what the threat model grants (logits, scores, top-k scores, labels,
-gradients), counts every query and gradient evaluation per sample, refuses answers to a sample
-whose budget is spent, and records the wall time and money spent. Attacks receive an
-:class:`OracleView` bound to the batch they attack; the Oracle's ledger outlives any one
-attack, so a campaign of attacks on the same samples shares one budget per sample.
+gradients), lets each call through a chain of admission policies (the threat model's query
+budget, a campaign's allotment for the attack now running, the system's own rate limits, bans
+and detectors: :mod:`mallory.access.policies`), records every call in its event log
+(:mod:`mallory.access.events`), and shows a refusal only as the threat model's feedback
+allows. Attacks receive an :class:`~mallory.access.view.OracleView` bound to the batch they
+attack, and nothing else: no attribute of the view leads to the system.
+
+The oracle also holds the :class:`~mallory.access.judge.Judge` of its evaluation (the attack
+base and campaigns use it; attacks never see it), whose own ledger is separate.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from mallory.access.record import Record
+from mallory.access.events import (
+    NONFINITE_GRADIENT,
+    ZERO_GRADIENT,
+    Clock,
+    EventLog,
+    Kind,
+    Outcome,
+    Reason,
+    VirtualClock,
+)
+from mallory.access.exposure import as_logits, as_probabilities, hide_scores
+from mallory.access.judge import Judge
+from mallory.access.policies import Admission, Allowance, Chain, Policy, QueryBudget, Request
 from mallory.errors import AccessError, InputError, SystemFailure
-from mallory.systems.base import Output, System
-from mallory.threat import Exposure, Knowledge, Norm, ThreatModel
+from mallory.systems.base import ABSTAINED, REFUSED, System, Verdict
+from mallory.threat import Exposure, Feedback, Knowledge, Norm, ThreatModel
+
+if TYPE_CHECKING:
+    from mallory.access.record import Record
+    from mallory.access.view import OracleView
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -38,7 +60,7 @@ class Access(IntEnum):
 class Gradient:
     """The answer to a gradient query: logits at ``x``, the per-sample loss, and d loss / d x.
 
-    Rows the oracle refused (budget spent) hold NaN logits and loss and a zero gradient.
+    Rows the oracle refused hold NaN logits and loss and a zero gradient.
     """
 
     logits: Tensor
@@ -46,14 +68,38 @@ class Gradient:
     grad: Tensor
 
 
-class Oracle:
-    """Gives an attack exactly what ``threat`` grants on ``system``, and counts it.
+@dataclass(frozen=True)
+class _Served:
+    """What one call came to: per row, the system's outputs (NaN where it gave none), the
+    label the attacker sees, and the outcome."""
 
-    Sample ids (non-negative ints, e.g. dataset indices) key the per-sample ledger; an attack
-    called with the same ids again spends from the same budgets.
+    out: Tensor
+    labels: Tensor
+    outcome: Tensor
+
+
+class Oracle:
+    """Gives an attack exactly what ``threat`` grants on ``system``, and records it.
+
+    Sample ids (non-negative ints, e.g. dataset indices; ``-1`` for rows tied to no sample)
+    key the per-sample totals of the event log; an attack called with the same ids again spends
+    from the same budgets. ``policies`` are the system's admission policies (rate limits, bans,
+    detectors), applied after the threat model's budget; ``judge`` is the evaluator (one is
+    made for the system when not given); ``clock`` gives the log's times (simulated by default:
+    the system's answering time and any wait a policy imposes); ``account`` names the attacker.
     """
 
-    def __init__(self, system: System, threat: ThreatModel) -> None:
+    def __init__(
+        self,
+        system: System,
+        threat: ThreatModel,
+        *,
+        policies: Sequence[Policy] = (),
+        judge: Judge | None = None,
+        clock: Clock | None = None,
+        account: str = "attacker",
+        log: EventLog | None = None,
+    ) -> None:
         if not isinstance(system, System):
             raise InputError(
                 f"Oracle needs a mallory System (TorchModel, SklearnModel, ...); got "
@@ -73,22 +119,49 @@ class Oracle:
                 f"The threat model {threat.name!r} grants the top {threat.top_k} scores, but the "
                 f"system {system.name!r} shows only its top {shown_k}. Use top_k <= {shown_k}."
             )
-        self.system = system
+        if threat.feedback is Feedback.LABEL and system.refusal_label is None:
+            raise InputError(
+                f"The threat model {threat.name!r} says a refusal looks like a label "
+                f"(feedback='label'), but the system {system.name!r} names no refusal label. "
+                "Give the system refusal_label=<class shown when it refuses>, or use another "
+                "feedback."
+            )
+        if judge is not None and not isinstance(judge, Judge):
+            raise InputError(f"Oracle's judge must be a mallory Judge; got {judge!r}.")
+        self._system = system
         self.threat = threat
-        self._queries = torch.zeros(0, dtype=torch.int64)
-        self._gradients = torch.zeros(0, dtype=torch.int64)
-        self._seconds = torch.zeros(0, dtype=torch.float64)
-        self.total_queries = 0
-        self.total_gradients = 0
-        self.seconds = 0.0
+        self.name = system.name
+        self.input_shape = system.input_shape
+        self.num_classes = system.num_classes
+        self.bounds = system.bounds
+        self.account = account
+        self.log = log if log is not None else EventLog()
+        self.clock: Clock = clock if clock is not None else VirtualClock()
+        self.judge = (
+            judge if judge is not None else Judge(system, price_per_query=threat.price_per_query)
+        )
+        self.allowance = Allowance()
+        self._budget = QueryBudget(threat.queries_per_sample, threat.queries_total)
+        self._system_policies = [*getattr(system, "policies", ()), *policies]
+        self.policies = Chain([self._budget, self.allowance, *self._system_policies])
         self._gradient_refusal = self._why_no_gradients()
-        self._budgeted = threat.queries_per_sample is not None or threat.queries_total is not None
+
+    def __repr__(self) -> str:
+        return f"Oracle({self.name!r}, threat={self.threat.name!r})"
+
+    @property
+    def norm(self) -> Norm:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
 
     # ---------------------------------------------------------------- what is granted
     def _why_no_gradients(self) -> str | None:
         threat = self.threat
         try:
-            path = self.system.gradient_path(adaptive=threat.adaptive)
+            path = self._system.gradient_path(adaptive=threat.adaptive)
         except AccessError as error:
             return str(error)
         for stage in path:
@@ -129,103 +202,66 @@ class Oracle:
             f"knowledge={threat.knowledge.value!r}{reason}. Run it under {hint}."
         )
 
-    # ---------------------------------------------------------------- ledger
-    def _grow(self, ids: Tensor) -> None:
-        need = int(ids.max()) + 1 if len(ids) else 0
-        if need > len(self._queries):
-            size = max(need, 2 * len(self._queries))
-            extra = size - len(self._queries)
-            self._queries = torch.cat([self._queries, torch.zeros(extra, dtype=torch.int64)])
-            self._gradients = torch.cat([self._gradients, torch.zeros(extra, dtype=torch.int64)])
-            self._seconds = torch.cat([self._seconds, torch.zeros(extra, dtype=torch.float64)])
-
+    # ---------------------------------------------------------------- the ledger
     def queries_of(self, ids: Tensor) -> Tensor:
-        """Queries spent so far on each sample id."""
-        self._grow(ids)
-        return self._queries[ids].clone()
+        """Queries charged so far to each sample id."""
+        return self.log.queries_of(ids)
 
     def gradients_of(self, ids: Tensor) -> Tensor:
-        """Gradient evaluations spent so far on each sample id."""
-        self._grow(ids)
-        return self._gradients[ids].clone()
+        """Gradient evaluations charged so far to each sample id."""
+        return self.log.gradients_of(ids)
 
     def seconds_of(self, ids: Tensor) -> Tensor:
-        """Seconds the system spent answering for each sample id (a batch's time is shared)."""
-        self._grow(ids)
-        return self._seconds[ids].clone()
+        """Seconds spent answering each sample id (a call's time is shared by its rows)."""
+        return self.log.seconds_of(ids)
 
-    def remaining_of(self, ids: Tensor) -> Tensor:
-        """Queries each sample may still make (``inf`` when unlimited), as floats."""
-        self._grow(ids)
-        left = torch.full((len(ids),), math.inf, dtype=torch.float64)
-        per = self.threat.queries_per_sample
-        if per is not None:
-            left = torch.minimum(left, (per - self._queries[ids]).clamp_min(0).double())
-        total = self.threat.queries_total
-        if total is not None:
-            left = left.clamp_max(float(max(total - self.total_queries, 0)))
-        return left
+    @property
+    def total_queries(self) -> int:
+        return self.log.queries
 
-    def restore(self, ids: Tensor, queries: Tensor, gradients: Tensor, seconds: Tensor) -> None:
-        """Enter what was spent on ``ids`` before (a resumed campaign replays its store), so
-        budgets count it. Never for attacks: it only adds to the ledger."""
-        ids = ids.to(device="cpu", dtype=torch.int64)
-        self._grow(ids)
-        self._queries.index_add_(0, ids, queries.to(torch.int64))
-        self._gradients.index_add_(0, ids, gradients.to(torch.int64))
-        self._seconds.index_add_(0, ids, seconds.to(torch.float64))
-        self.total_queries += int(queries.sum())
-        self.total_gradients += int(gradients.sum())
-        self.seconds += float(seconds.sum())
+    @property
+    def total_gradients(self) -> int:
+        return self.log.gradients
+
+    @property
+    def seconds(self) -> float:
+        return self.log.seconds
 
     @property
     def money(self) -> float:
-        return self.total_queries * self.threat.price_per_query
+        return self.log.money
 
-    def _admit(self, ids: Tensor) -> Tensor | None:
-        """Charge one query to each row's sample; None when every row is admitted."""
-        self._grow(ids)
-        if not self._budgeted:
-            self._queries.index_add_(0, ids, torch.ones_like(ids))
-            self.total_queries += len(ids)
-            return None
-        ok = torch.ones(len(ids), dtype=torch.bool)
+    def remaining_of(self, ids: Tensor) -> Tensor:
+        """Queries each sample may still be charged (``inf`` when unlimited), as floats: the
+        threat model's budget and the running attack's allotment, whichever is smaller."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        spent = self.log.queries_of(ids)
+        left = torch.full((len(ids),), math.inf, dtype=torch.float64)
         per = self.threat.queries_per_sample
         if per is not None:
-            # several rows of one sample in a call: each takes the next query of that sample
-            order = torch.argsort(ids, stable=True)
-            sorted_ids = ids[order]
-            first = torch.searchsorted(sorted_ids, sorted_ids)
-            rank = torch.empty_like(ids)
-            rank[order] = torch.arange(len(ids)) - first
-            ok &= self._queries[ids] + rank < per
+            left = torch.where(ids >= 0, (per - spent).clamp_min(0).double(), left)
         total = self.threat.queries_total
         if total is not None:
-            ok &= torch.cumsum(ok.long(), 0) <= total - self.total_queries
-        admitted = ids[ok]
-        self._queries.index_add_(0, admitted, torch.ones_like(admitted))
-        self.total_queries += len(admitted)
-        return None if bool(ok.all()) else ok
-
-    def _clock(self, ids: Tensor, started: float) -> None:
-        spent = time.perf_counter() - started
-        self.seconds += spent
-        if len(ids):
-            self._seconds.index_add_(
-                0, ids, torch.full((len(ids),), spent / len(ids), dtype=torch.float64)
+            left = left.clamp_max(float(max(total - self.log.queries, 0)))
+        caps = self.allowance.caps(ids)
+        capped = caps >= 0
+        if bool(capped.any()):
+            left[capped] = torch.minimum(
+                left[capped], (caps[capped] - spent[capped]).clamp_min(0).double()
             )
+        return left
 
     # ---------------------------------------------------------------- answering
     def _check_inputs(self, x: Tensor, ids: Tensor) -> None:
-        shape = self.system.input_shape
+        shape = self.input_shape
         if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
             raise InputError(
-                f"Queries to {self.system.name!r} must have shape (n, {', '.join(map(str, shape))})"
+                f"Queries to {self.name!r} must have shape (n, {', '.join(map(str, shape))})"
                 f"; got {tuple(x.shape)}."
             )
         if len(x) != len(ids):
             raise InputError(f"A query of {len(x)} inputs came with {len(ids)} sample ids.")
-        lo, hi = self.system.bounds.on(x)
+        lo, hi = self.bounds.on(x)
         if x.numel() and lo.numel() == 1 and hi.numel() == 1:
             # one pass over the batch; a NaN propagates into both and fails the test
             low, high = torch.aminmax(x)
@@ -235,278 +271,276 @@ class Oracle:
         if not inside:
             raise InputError(
                 "A query left the input bounds or held NaN: inputs must satisfy "
-                f"{self.system.bounds.to_dict()} (an attack must clamp its candidates)."
+                f"{self.bounds.to_dict()} (an attack must clamp its candidates)."
             )
 
-    def _run_system(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    def _admit(self, kind: Kind, x: Tensor, ids: Tensor) -> tuple[Admission | None, float]:
+        """Which rows the policies let through (None: all, without asking a policy that cannot
+        refuse), after any wait the threat model's feedback turns a rate limit into."""
+        if not self._budgeted():
+            return None, 0.0
+        waited = 0.0
+        while True:
+            request = Request(ids, self.account, self.clock.now(), kind, x)
+            admission = self.policies.admit(request, self.log)
+            if admission.all:
+                return None, waited
+            can_wait = (
+                self.threat.feedback is Feedback.DELAY
+                and admission.wait > 0
+                and bool(admission.system_mask()[~admission.admitted].all())
+            )
+            if not can_wait:
+                return admission, waited
+            self.clock.wait(admission.wait)
+            waited += admission.wait
+
+    def _budgeted(self) -> bool:
+        threat = self.threat
+        return (
+            threat.queries_per_sample is not None
+            or threat.queries_total is not None
+            or self.allowance.active
+            or bool(self._system_policies)
+        )
+
+    def _run_system(self, fn: Callable[[Tensor], Verdict | Tensor], x: Tensor) -> Verdict:
+        system = self._system
         try:
             out = fn(x)
         except (MemoryError, KeyboardInterrupt, SystemFailure):
             raise
         except Exception as error:
             raise SystemFailure(
-                f"The system {self.system.name!r} raised {type(error).__name__} on a batch of "
+                f"The system {self.name!r} raised {type(error).__name__} on a batch of "
                 f"{len(x)} inputs: {error}"
             ) from error
-        if not isinstance(out, Tensor) or out.shape != (len(x), self.system.num_classes):
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        verdict = out if isinstance(out, Verdict) else Verdict(out)
+        values = verdict.values
+        if not isinstance(values, Tensor) or values.shape != (len(x), system.num_classes):
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise SystemFailure(
-                f"The system {self.system.name!r} returned {got} for {len(x)} inputs; expected "
-                f"scores of shape ({len(x)}, {self.system.num_classes})."
+                f"The system {self.name!r} returned {got} for {len(x)} inputs; expected "
+                f"scores of shape ({len(x)}, {system.num_classes})."
             )
-        if not bool(torch.isfinite(out).all()):
+        decided = ~(verdict.mask("refused") | verdict.mask("abstained")).to(values.device)
+        finite = torch.isfinite(values).all(1)
+        if not bool(finite[decided].all()):
             raise SystemFailure(
-                f"The system {self.system.name!r} returned NaN or infinite scores for "
-                f"{int((~torch.isfinite(out).all(1)).sum())} of {len(x)} inputs."
+                f"The system {self.name!r} returned NaN or infinite scores for "
+                f"{int((~finite & decided).sum())} of {len(x)} inputs."
             )
-        return out
+        return verdict
 
-    def _outputs(self, x: Tensor, ids: Tensor) -> tuple[Tensor, Tensor | None]:
-        """System outputs for the admitted rows (others NaN), and the admission mask."""
+    def _serve(self, x: Tensor, ids: Tensor) -> _Served:
+        """One query call: admission, the system's answer on the admitted rows, the log."""
         self._check_inputs(x, ids)
-        ok = self._admit(ids)
+        admission, waited = self._admit(Kind.QUERY, x, ids)
+        n, classes = len(x), self.num_classes
+        sent = self.clock.now()
         started = time.perf_counter()
-        if ok is None:
-            out = self._run_system(self.system.forward, x)
-        else:
-            out = torch.full(
-                (len(x), self.system.num_classes), math.nan, dtype=x.dtype, device=x.device
-            )
-            if bool(ok.any()):
-                out[ok] = self._run_system(self.system.forward, x[ok]).to(out)
-        self._clock(ids if ok is None else ids[ok], started)
-        return out, ok
+        rows = None if admission is None else admission.admitted.nonzero().squeeze(1)
+        out = torch.full((n, classes), math.nan, dtype=x.dtype, device=x.device)
+        outcome = torch.full((n,), int(Outcome.REFUSED), dtype=torch.int8)
+        reason = torch.zeros(n, dtype=torch.int8) if admission is None else admission.reason.clone()
+        if rows is None or len(rows):
+            part = x if rows is None else x[rows.to(x.device)]
+            try:
+                verdict = self._run_system(self._system.answer, part)
+            except SystemFailure:
+                failed = torch.full((n,), int(Outcome.REFUSED), dtype=torch.int8)
+                failed[slice(None) if rows is None else rows] = int(Outcome.FAILED)
+                self._log(Kind.QUERY, ids, failed, reason, sent, started, waited)
+                raise
+            if len(self.log) == 0:
+                self.judge.check_logits(verdict.values)
+            where = slice(None) if rows is None else rows
+            out[where] = verdict.values.to(out)
+            blocked, abstained = verdict.mask("refused"), verdict.mask("abstained")
+            got = torch.where(
+                blocked,
+                int(Outcome.BLOCKED),
+                torch.where(abstained, int(Outcome.ABSTAINED), int(Outcome.ANSWERED)),
+            ).to(torch.int8)
+            outcome[where] = got
+            if bool(blocked.any()):
+                codes = reason[where].clone()
+                codes[blocked] = int(Reason.SYSTEM)
+                reason[where] = codes
+        self._log(Kind.QUERY, ids, outcome, reason, sent, started, waited)
+        labels = out.nan_to_num(-math.inf).argmax(1)
+        return _Served(out, self._shown_labels(labels, outcome, admission), outcome)
+
+    def _shown_labels(self, labels: Tensor, outcome: Tensor, admission: Admission | None) -> Tensor:
+        """The label each row shows the attacker: the system's, ``-2`` for an abstention, and
+        for a refusal what the feedback allows (the refusal label, or ``-1``)."""
+        outcome = outcome.to(labels.device)
+        answered = outcome == int(Outcome.ANSWERED)
+        if bool(answered.all()):
+            return labels
+        shown = torch.full_like(labels, REFUSED)
+        shown[answered] = labels[answered]
+        shown[outcome == int(Outcome.ABSTAINED)] = ABSTAINED
+        if self.threat.feedback is Feedback.LABEL:
+            by_system = outcome == int(Outcome.BLOCKED)
+            if admission is not None:
+                by_system |= admission.system_mask().to(labels.device)
+            assert self._system.refusal_label is not None  # checked at construction
+            shown[by_system] = self._system.refusal_label
+        return shown
+
+    def _log(
+        self,
+        kind: Kind,
+        ids: Tensor,
+        outcome: Tensor,
+        reason: Tensor,
+        sent: float,
+        started: float,
+        waited: float,
+        flags: Tensor | None = None,
+    ) -> None:
+        spent = time.perf_counter() - started
+        if isinstance(self.clock, VirtualClock):
+            self.clock.advance(spent)
+        self.log.record(
+            account=self.account,
+            kind=kind,
+            ids=ids,
+            outcome=outcome,
+            reason=reason,
+            time=sent,
+            seconds=spent + waited,
+            price=self.threat.price_per_query,
+            flags=flags,
+        )
 
     def logits(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Raw logits (log-probabilities for a system that returns probabilities)."""
+        """Raw logits (log-probabilities for a system that returns probabilities); rows that
+        got no answer are NaN."""
         if self.threat.exposure is not Exposure.LOGITS:
             raise AccessError(
                 f"Logits are not exposed: threat model {self.threat.name!r} has exposure="
                 f"{self.threat.exposure.value!r}. Use scores() or labels()."
             )
-        out, _ = self._outputs(x, ids)
-        return _as_logits(out, self.system.output)
+        served = self._serve(x, ids)
+        return self._as_shown(as_logits(served.out, self._system.output), served)
 
     def scores(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Class probabilities; with top-k exposure the hidden ones are NaN."""
+        """Class probabilities; with top-k exposure the hidden ones are NaN; rows that got no
+        answer are NaN."""
         self.require(Access.SCORES, "scores()")
         if self.threat.exposure is Exposure.LABEL:
             raise AccessError(
                 f"Scores are not exposed: threat model {self.threat.name!r} has exposure='label'. "
                 "Use labels(), or a threat model that exposes scores."
             )
-        out, _ = self._outputs(x, ids)
-        probs = _as_probabilities(out, self.system.output)
-        k = self.threat.top_k
-        if self.threat.exposure is Exposure.TOP_K and k is not None and k < probs.shape[1]:
-            kth = probs.nan_to_num(-1.0).topk(k, dim=1).values[:, -1:]
-            probs = probs.masked_fill(probs < kth, math.nan)
-        return probs
+        served = self._serve(x, ids)
+        probs = hide_scores(
+            as_probabilities(served.out, self._system.output),
+            self.threat.exposure,
+            self.threat.top_k,
+        )
+        return self._as_shown(probs, served)
+
+    def _as_shown(self, values: Tensor, served: _Served) -> Tensor:
+        """Scores or logits of the rows that got no answer: NaN, or, where a refusal shows as
+        a label, that label's one-hot scores (logits of 0 and -inf cut to -1e4)."""
+        answered = (served.outcome == int(Outcome.ANSWERED)).to(values.device)
+        if bool(answered.all()):
+            return values
+        values = values.masked_fill(~answered[:, None], math.nan)
+        decoy = (served.labels >= 0) & ~answered
+        if bool(decoy.any()):
+            onehot = torch.nn.functional.one_hot(served.labels[decoy], self.num_classes).to(values)
+            is_logits = self.threat.exposure is Exposure.LOGITS
+            values[decoy] = (onehot - 1.0) * 1e4 if is_logits else onehot
+        return values
 
     def labels(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Predicted classes; -1 for rows refused for want of budget."""
-        out, ok = self._outputs(x, ids)
-        labels = out.argmax(1)
-        if ok is not None:
-            labels[~ok] = -1
-        return labels
+        """Predicted classes; ``-1`` for rows that got no answer (refused, blocked), ``-2`` for
+        an abstention; a refusal shows as the system's refusal label where the feedback says."""
+        return self._serve(x, ids).labels
 
-    def gradient(self, x: Tensor, ids: Tensor, loss: LossFn) -> Gradient:
+    def gradient(
+        self,
+        x: Tensor,
+        ids: Tensor,
+        loss: LossFn,
+        *,
+        straight_through: Sequence[str] = (),
+    ) -> Gradient:
         """Logits, ``loss(logits)`` (one value per row) and its gradient with respect to ``x``.
 
-        Counts one query and one gradient evaluation per row. Parameter gradients are never
-        computed: autograd differentiates with respect to the input only.
+        Counts one query and one gradient evaluation per admitted row. Parameter gradients are
+        never computed: autograd differentiates with respect to the input only. A gradient that
+        is not finite is answered as zero and flagged in the log, as is an exactly zero one.
+        ``straight_through`` names stages (or submodules of a torch model) whose backward pass
+        is replaced by the identity (BPDA).
         """
         if self._gradient_refusal is not None:
             self.require(Access.GRADIENTS, "gradient()")
         self._check_inputs(x, ids)
-        ok = self._admit(ids)
-        if ok is not None and not bool(ok.any()):
-            nan = torch.full((len(x), self.system.num_classes), math.nan).to(x)
-            return Gradient(logits=nan, loss=nan[:, 0].clone(), grad=torch.zeros_like(x))
+        admission, waited = self._admit(Kind.GRADIENT, x, ids)
+        n, classes = len(x), self.num_classes
+        sent = self.clock.now()
         started = time.perf_counter()
+        outcome = torch.full((n,), int(Outcome.ANSWERED), dtype=torch.int8)
+        reason = torch.zeros(n, dtype=torch.int8) if admission is None else admission.reason.clone()
+        if admission is not None:
+            outcome[~admission.admitted] = int(Outcome.REFUSED)
+            if not bool(admission.admitted.any()):
+                self._log(Kind.GRADIENT, ids, outcome, reason, sent, started, waited)
+                nan = torch.full((n, classes), math.nan).to(x)
+                return Gradient(logits=nan, loss=nan[:, 0].clone(), grad=torch.zeros_like(x))
         x_in = x.detach().requires_grad_(True)
-        system = self.system
+        system = self._system
+        adaptive = self.threat.adaptive
 
         def forward(inputs: Tensor) -> Tensor:
-            return system.forward_differentiable(inputs, adaptive=self.threat.adaptive)
+            return system.forward_differentiable(
+                inputs, adaptive=adaptive, straight_through=tuple(straight_through)
+            )
 
-        with torch.enable_grad():
-            if ok is None:
-                logits = _as_logits(self._run_system(forward, x_in), system.output)
-            else:
-                logits = torch.zeros((len(x), system.num_classes), dtype=x.dtype, device=x.device)
-                rows = ok.nonzero().squeeze(1).to(x.device)
-                part = self._run_system(forward, x_in[rows])
-                logits = logits.index_copy(0, rows, _as_logits(part, system.output).to(x))
-            value = loss(logits)
-            if value.shape != (len(x),):
-                raise InputError(
-                    f"A gradient query's loss must return one value per input, shape "
-                    f"({len(x)},); got {tuple(value.shape)}."
-                )
-            (grad,) = torch.autograd.grad(value.sum(), x_in)
-        answered = ids if ok is None else ids[ok]
-        self._gradients.index_add_(0, answered, torch.ones_like(answered))
-        self.total_gradients += len(answered)
-        self._clock(answered, started)
+        try:
+            with torch.enable_grad():
+                if admission is None:
+                    logits = as_logits(self._run_system(forward, x_in).values, system.output)
+                else:
+                    logits = torch.zeros((n, classes), dtype=x.dtype, device=x.device)
+                    rows = admission.admitted.nonzero().squeeze(1).to(x.device)
+                    part = self._run_system(forward, x_in[rows]).values
+                    logits = logits.index_copy(0, rows, as_logits(part, system.output).to(x))
+                value = loss(logits)
+                if value.shape != (n,):
+                    raise InputError(
+                        f"A gradient query's loss must return one value per input, shape "
+                        f"({n},); got {tuple(value.shape)}."
+                    )
+                (grad,) = torch.autograd.grad(value.sum(), x_in)
+        except SystemFailure:
+            failed = outcome.clone()
+            failed[outcome == int(Outcome.ANSWERED)] = int(Outcome.FAILED)
+            self._log(Kind.GRADIENT, ids, failed, reason, sent, started, waited)
+            raise
+        size = grad.detach().flatten(1)
+        finite = torch.isfinite(size).all(1)
+        flags = torch.where(finite, 0, NONFINITE_GRADIENT).to(torch.int8)
+        if not bool(finite.all()):
+            grad = grad.nan_to_num(0.0, 0.0, 0.0)
+        zero = (grad.flatten(1) == 0).all(1) & finite
+        flags = flags | torch.where(zero, ZERO_GRADIENT, 0).to(torch.int8).cpu()
+        self._log(Kind.GRADIENT, ids, outcome, reason, sent, started, waited, flags.cpu())
         logits, value = logits.detach(), value.detach()
-        if ok is not None:
-            refused = (~ok).to(x.device)
+        if admission is not None:
+            refused = (~admission.admitted).to(x.device)
             logits = logits.masked_fill(refused[:, None], math.nan)
             value = value.masked_fill(refused, math.nan)
             grad = grad.masked_fill(refused.view(-1, *[1] * (x.dim() - 1)), 0.0)
         return Gradient(logits=logits, loss=value, grad=grad)
 
-    def _judge(self, x: Tensor) -> Tensor:
-        """The evaluator's view: true class probabilities, uncounted. Never for attacks."""
-        with torch.no_grad():
-            out = self._run_system(self.system.forward, x)
-        return _as_probabilities(out, self.system.output)
-
     def bind(self, ids: Tensor, record: Record | None = None) -> OracleView:
         """A view of this oracle for a batch whose rows are the samples ``ids``."""
+        from mallory.access.view import OracleView
+
         return OracleView(self, ids, record)
-
-
-class OracleView:
-    """What an attack holds: the oracle, bound to the batch of samples it attacks.
-
-    Every method takes the inputs and ``rows``, the positions in the batch those inputs belong
-    to (all rows in order when omitted), so an attack can query only the samples still standing.
-    With a ``record``, every answer is also noted there (see :mod:`mallory.access.record`).
-    """
-
-    def __init__(self, oracle: Oracle, ids: Tensor, record: Record | None = None) -> None:
-        self._oracle = oracle
-        self._ids = ids.to(device="cpu", dtype=torch.int64)
-        self.record = record
-        system = oracle.system
-        self.threat: ThreatModel = oracle.threat
-        self.input_shape = system.input_shape
-        self.num_classes = system.num_classes
-        self.bounds = system.bounds
-        self.access = oracle.access
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @property
-    def norm(self) -> Norm:
-        return self.threat.norm
-
-    @property
-    def eps(self) -> float:
-        return self.threat.eps
-
-    def _ids_of(self, rows: Tensor | None, n: int) -> Tensor:
-        if rows is None:
-            if n != len(self._ids):
-                raise InputError(
-                    f"A query of {n} inputs without rows= must cover the whole batch of "
-                    f"{len(self._ids)}; pass rows= to query part of it."
-                )
-            return self._ids
-        return self._ids[rows.to("cpu")]
-
-    def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        out = self._oracle.logits(x, self._ids_of(rows, len(x)))
-        self._note_scores(x, rows, out.softmax(1))
-        return out
-
-    def scores(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        out = self._oracle.scores(x, self._ids_of(rows, len(x)))
-        self._note_scores(x, rows, out)
-        return out
-
-    def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        out = self._oracle.labels(x, self._ids_of(rows, len(x)))
-        if self.record is not None:
-            self.record.see(x, rows, out)
-        return out
-
-    def gradient(self, x: Tensor, loss: LossFn, rows: Tensor | None = None) -> Gradient:
-        answer = self._oracle.gradient(x, self._ids_of(rows, len(x)), loss)
-        self._note_scores(x, rows, answer.logits.softmax(1))
-        return answer
-
-    def _note_scores(self, x: Tensor, rows: Tensor | None, probs: Tensor) -> None:
-        if self.record is None:
-            return
-        answered = torch.isfinite(probs).any(1)
-        confidence, labels = probs.nan_to_num(-1.0).max(1)
-        labels = labels.masked_fill(~answered, -1)
-        self.record.see(x, rows, labels, confidence)
-
-    def subset(self, rows: Tensor) -> OracleView:
-        """The rows ``rows`` of this batch as a batch of their own (for running a sub-attack on
-        the samples still standing); its queries are this view's, mapped back."""
-        return SubsetView(self, rows)
-
-    def remaining(self, rows: Tensor | None = None) -> Tensor:
-        """Queries left per row (``inf`` when unlimited)."""
-        ids = self._ids if rows is None else self._ids[rows.to("cpu")]
-        return self._oracle.remaining_of(ids)
-
-    def queries(self, rows: Tensor | None = None) -> Tensor:
-        """Queries spent so far per row (across every attack on these samples)."""
-        ids = self._ids if rows is None else self._ids[rows.to("cpu")]
-        return self._oracle.queries_of(ids)
-
-
-class SubsetView(OracleView):
-    """Rows ``rows`` of a parent view, seen as a batch of their own.
-
-    Every query goes to the parent with its rows mapped back, so the parent's ledger and
-    record see it as theirs.
-    """
-
-    def __init__(self, parent: OracleView, rows: Tensor) -> None:
-        # no OracleView.__init__: everything is answered by the parent
-        self._parent = parent
-        self._rows = rows
-        self.record = None
-        self.threat = parent.threat
-        self.input_shape = parent.input_shape
-        self.num_classes = parent.num_classes
-        self.bounds = parent.bounds
-        self.access = parent.access
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def _map(self, rows: Tensor | None, n: int | None = None) -> Tensor:
-        if rows is None:
-            if n is not None and n != len(self._rows):
-                raise InputError(
-                    f"A query of {n} inputs without rows= must cover the whole batch of "
-                    f"{len(self._rows)}; pass rows= to query part of it."
-                )
-            return self._rows
-        return self._rows[rows.to(self._rows.device)]
-
-    def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._parent.logits(x, rows=self._map(rows, len(x)))
-
-    def scores(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._parent.scores(x, rows=self._map(rows, len(x)))
-
-    def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        return self._parent.labels(x, rows=self._map(rows, len(x)))
-
-    def gradient(self, x: Tensor, loss: LossFn, rows: Tensor | None = None) -> Gradient:
-        return self._parent.gradient(x, loss, rows=self._map(rows, len(x)))
-
-    def remaining(self, rows: Tensor | None = None) -> Tensor:
-        return self._parent.remaining(self._map(rows))
-
-    def queries(self, rows: Tensor | None = None) -> Tensor:
-        return self._parent.queries(self._map(rows))
-
-
-def _as_logits(out: Tensor, kind: Output) -> Tensor:
-    return out if kind is Output.LOGITS else out.clamp_min(1e-30).log()
-
-
-def _as_probabilities(out: Tensor, kind: Output) -> Tensor:
-    return out.softmax(1) if kind is Output.LOGITS else out

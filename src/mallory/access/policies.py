@@ -175,28 +175,43 @@ class QueryBudget(Policy):
 
 class Allowance(Policy):
     """A campaign's share of the budget for the attack now running: each sample may be charged
-    up to its cap (set by :meth:`grant`); samples without a cap are not limited."""
+    until its total reaches its cap (set by :meth:`grant`); samples without a cap are not
+    limited."""
 
     owner = "attacker"
     reason = Reason.SHARE
 
     def __init__(self) -> None:
-        self._cap: dict[int, int] = {}
+        self._cap = torch.zeros(0, dtype=torch.int64)  # -1: no cap
+        self.active = False
 
     def grant(self, ids: Tensor, caps: Tensor) -> None:
-        """Let each sample in ``ids`` be charged until its total reaches ``caps``."""
-        self._cap = {int(i): int(c) for i, c in zip(ids.tolist(), caps.tolist(), strict=True)}
+        """Let each sample in ``ids`` be charged until its total reaches ``caps`` (replaces
+        any earlier grant)."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        size = int(ids.max()) + 1 if len(ids) else 0
+        self._cap = torch.full((size,), -1, dtype=torch.int64)
+        self._cap[ids] = caps.to(device="cpu", dtype=torch.int64)
+        self.active = bool(len(ids))
 
     def clear(self) -> None:
-        self._cap = {}
+        self._cap = torch.zeros(0, dtype=torch.int64)
+        self.active = False
+
+    def caps(self, ids: Tensor) -> Tensor:
+        """The cap of each sample id (``-1``: none)."""
+        ids = ids.to(device="cpu", dtype=torch.int64)
+        out = torch.full((len(ids),), -1, dtype=torch.int64)
+        inside = (ids >= 0) & (ids < len(self._cap))
+        out[inside] = self._cap[ids[inside]]
+        return out
 
     def admit(self, request: Request, log: EventLog) -> Admission:
-        if not self._cap:
+        if not self.active:
             return Admission.everything(len(request))
         ids = request.ids
-        cap = torch.tensor([self._cap.get(int(i), -1) for i in ids.tolist()], dtype=torch.int64)
-        capped = cap >= 0
-        ok = ~capped | (log.queries_of(ids) + _rank_within_sample(ids) < cap)
+        cap = self.caps(ids)
+        ok = (cap < 0) | (log.queries_of(ids) + _rank_within_sample(ids) < cap)
         return Admission.refuse(ok, self.reason, system=False)
 
 

@@ -30,11 +30,6 @@ from mallory.errors import InputError, bad_param
 from mallory.systems import Bounds, TorchModel
 from mallory.threat import Goal, Targets, ThreatModel, white_box
 
-EXTRACTION_IDS = 1_000_000
-"""The first ledger id that :func:`extract_surrogate` queries with (one id per point). It lies
-beyond any dataset index of the zoo, so extraction queries never share a ledger slot, nor a
-per-sample budget, with the samples attacked later. The oracle's ledger is dense (one slot per
-id up to the largest), so a much larger offset costs memory."""
 BATCH = 64
 LEARNING_RATE = 1e-3
 
@@ -120,7 +115,7 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
     return param.dtype if param is not None else torch.float32
 
 
-def _fit(
+def fit_network(
     architecture: Architecture,
     x: Tensor,
     y: Tensor,
@@ -224,7 +219,7 @@ def train_surrogate(
     _check_int(owner, "num_classes", classes, 2)
     if int(y.min()) < 0 or int(y.max()) >= classes:
         raise InputError(f"{owner}: y must hold classes 0..{classes - 1}.")
-    module, accuracy = _fit(arch, x, y, classes, epochs, seed)
+    module, accuracy = fit_network(arch, x, y, classes, epochs, seed)
     return Surrogate(
         module=module,
         input_shape=tuple(x.shape[1:]),
@@ -265,100 +260,26 @@ def extract_surrogate(
     architecture: Architecture | str = Architecture.CNN,
     epochs: int = 10,
     seed: int = 0,
-    id_offset: int = EXTRACTION_IDS,
 ) -> Surrogate:
-    """Model extraction by Jacobian-based dataset augmentation (Papernot et al., AsiaCCS 2017).
-
-    Buys the target's labels for the seed set ``seed_x`` (``(n, *input_shape)``, the attacker's
-    own unlabelled inputs) through ``oracle`` (a label is all it needs: any exposure works),
-    trains a surrogate on them, then ``rounds`` times: adds, for every point, the step
-    ``lam_r * sign(d F_label / d x)`` computed on the surrogate (``lam_r = lam * (-1)**r``: the
-    sign alternates per round), clamped to the bounds; buys the labels of the new points; and
-    trains a fresh surrogate on the whole set. The query set doubles each round, so a full run
-    spends ``n * 2**rounds`` queries.
-
-    Each point is queried once, under its own ledger id (``id_offset``, ``id_offset + 1``, ...),
-    so extraction never spends the budget of the samples attacked later; a per-sample budget of
-    1 (the ``transfer`` preset) suffices. A total budget (``queries_total``) is respected: the
-    last round takes only as many new points as the oracle still answers, and augmentation stops
-    there. The queries spent are in ``extraction_queries`` and in ``oracle.total_queries``.
+    """Model extraction by Jacobian-based dataset augmentation: the registered attack
+    ``"jacobian-extraction"`` (:class:`~mallory.attacks.extraction.jacobian.JacobianExtraction`)
+    run on ``oracle``, and its surrogate. Its queries are rows of no sample in the oracle's
+    event log: they count against a total budget, never a per-sample one.
 
     Example::
 
         target = Oracle(load_model("mnist-cnn"), transfer("linf", 0.3, queries_total=1500))
         surrogate = extract_surrogate(target, load_dataset("mnist", "train").x[:150], rounds=3)
     """
-    owner = "extract_surrogate"
-    if not isinstance(oracle, Oracle):
-        raise InputError(
-            f"{owner} needs a mallory Oracle on the target; got {type(oracle).__name__}. Build "
-            "one with mallory.Oracle(system, threat_model)."
-        )
-    arch = _as_architecture(owner, architecture)
-    _check_int(owner, "rounds", rounds, 0)
-    _check_int(owner, "epochs", epochs, 1)
-    _check_int(owner, "seed", seed, 0)
-    _check_int(owner, "id_offset", id_offset, 0)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 < lam < math.inf:
-        raise bad_param(owner, "lam", "a finite number > 0", lam)
-    system = oracle.system
-    box = system.bounds
-    x = _as_inputs(owner, seed_x, box)
-    if tuple(x.shape[1:]) != system.input_shape:
-        raise InputError(
-            f"{owner}: the seed inputs have shape {tuple(x.shape[1:])}; the target takes "
-            f"{system.input_shape}."
-        )
-    classes = system.num_classes
-    spent = 0
-    next_id = id_offset
+    from mallory.attacks.base import create
 
-    def buy(points: Tensor) -> tuple[Tensor, Tensor]:
-        """The target's labels for as many of ``points`` as the budget allows."""
-        nonlocal spent, next_id
-        ids = torch.arange(next_id, next_id + len(points))
-        afford = int((oracle.remaining_of(ids) >= 1).sum())
-        total = oracle.threat.queries_total
-        if total is not None:
-            afford = min(afford, max(total - oracle.total_queries, 0))
-        points, ids = points[:afford], ids[:afford]
-        if not len(points):
-            return points, torch.zeros(0, dtype=torch.int64)
-        before = oracle.total_queries
-        labels = oracle.bind(ids).labels(points).cpu()
-        spent += oracle.total_queries - before
-        next_id += len(points)
-        answered = labels >= 0
-        return points[answered], labels[answered]
-
-    data, labels = buy(x)
-    if not len(data):
-        raise InputError(
-            f"{owner}: the oracle answered none of the {len(x)} seed queries (its budget is "
-            "spent). Give the threat model a larger queries_total."
-        )
-    module, accuracy = _fit(arch, data, labels, classes, epochs, seed)
-    for r in range(rounds):
-        step = lam if r % 2 == 0 else -lam
-        fresh = jacobian_augment(module, data, labels, lam=step, bounds=box)[len(data) :]
-        fresh_x, fresh_y = buy(fresh)
-        if not len(fresh_x):
-            break
-        data, labels = torch.cat([data, fresh_x]), torch.cat([labels, fresh_y])
-        module, accuracy = _fit(arch, data, labels, classes, epochs, seed)
-        if len(fresh_x) < len(fresh):
-            break  # the budget ran out in this round
-    return Surrogate(
-        module=module,
-        input_shape=system.input_shape,
-        bounds=box,
-        num_classes=classes,
-        architecture=arch,
-        source="extraction",
-        extraction_queries=spent,
-        fit_accuracy=accuracy,
-        training_size=len(data),
+    attack = create(
+        "jacobian-extraction", rounds=rounds, lam=lam, architecture=architecture, epochs=epochs
     )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad_param("extract_surrogate", "seed", "an int >= 0", seed)
+    surrogate: Surrogate = attack(oracle, seed_x, rng=seed).surrogate
+    return surrogate
 
 
 # ------------------------------------------------------------------------ attacking it

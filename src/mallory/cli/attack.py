@@ -18,7 +18,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mallory.access.oracle import Access, Oracle
-from mallory.attacks import AttackResult, attack_class, create
+from mallory.attacks import AttackResult, create
+from mallory.attacks.evasion.base import evasion_class
 from mallory.cli.app import app, console, errors
 from mallory.errors import MalloryError
 from mallory.systems.base import System
@@ -393,7 +394,7 @@ def attack(
         "--mapping": mapping is not None,
     }
     try:
-        cls = attack_class(attack_name)
+        cls = evasion_class(attack_name)
         params = _parse_params(param or [])
         instance = create(attack_name, **params)
         if (model is None) == (url is None):

@@ -16,6 +16,7 @@ from mallory.cli.app import app, console, errors
 from mallory.errors import MalloryError, SystemFailure
 from mallory.evaluation.campaign import Campaign
 from mallory.evaluation.metrics import build_report
+from mallory.jsonable import write_atomically
 from mallory.report import Report, render_html, render_terminal
 from mallory.store import Store
 
@@ -38,11 +39,8 @@ def _fail(error: Exception, code: int = 2) -> typer.Exit:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write through a temporary file, so a crash never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    part.replace(path)
+    """Write atomically, so a crash never leaves half a report."""
+    write_atomically(path, text)
 
 
 def _outputs(reports: list[Report], html: Path | None, json_path: Path | None) -> None:

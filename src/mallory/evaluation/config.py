@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mallory.access.oracle import Oracle
-from mallory.attacks.base import Attack, attack_class, create, list_attacks
-from mallory.attacks.surrogate import Architecture, Surrogate, extract_surrogate, train_surrogate
+from mallory.attacks.base import attack_class, create, list_attacks
+from mallory.attacks.evasion.base import EvasionAttack
+from mallory.attacks.extraction.base import ExtractionAttack
+from mallory.attacks.surrogate import Architecture, Surrogate, train_surrogate
 from mallory.errors import AccessError, InputError
-from mallory.evaluation.campaign import Campaign, Listener, ThreatPlan, default_attacks
+from mallory.evaluation.campaign import Campaign, Extraction, Listener, ThreatPlan, default_attacks
 from mallory.evaluation.config_data import (
     DataChoice,
     SystemChoice,
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CampaignFile", "load_campaign", "parse_campaign"]
 
-TOP_KEYS = ("name", "seed", "store", "chunk", "review_band", "system", "data", "threat")
+TOP_KEYS = ("name", "seed", "store", "chunk", "review_band", "draws", "system", "data", "threat")
 THREAT_FIELDS = tuple(f.name for f in dataclasses.fields(ThreatModel))
 THREAT_KEYS = ("preset", *THREAT_FIELDS, "grid", "attacks", "surrogate")
 SURROGATE_KEYS = ("source", "samples", "architecture", "epochs", "seed", "rounds", "lam")
@@ -107,6 +109,7 @@ def parse_campaign(
         raise top.fail(
             "review_band", f"needs 0 <= low <= high <= 1 (confidences); got {list(band)}."
         )
+    draws = top.integer("draws", None, low=1) if top.has("draws") else None
     store = resolve(base, top.text("store", f"{stem}.db"))
     system = read_system(top.get("system"), base=base, where=where, progress=progress)
     chosen = read_data(top.get("data", None), system, base=base, where=where)
@@ -139,6 +142,7 @@ def parse_campaign(
             seed=seed,
             chunk=chunk,
             review_band=band,
+            draws=draws,
             system_name=system.name,
             source=plain(data),
         )
@@ -193,8 +197,9 @@ def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
             'not: use targets = "random", or grid = true.',
         )
     surrogate = _Surrogates(table, threat, context)
+    shares: list[float | None] = []
     if table.has("attacks"):
-        attacks = _read_attacks(table, surrogate)
+        attacks = _read_attacks(table, surrogate, shares)
         if table.has("surrogate") and not any(_takes_surrogate(a) for _, a in attacks):
             raise table.fail(
                 "surrogate",
@@ -202,7 +207,13 @@ def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
                 "or leave attacks out (the defaults then include transfer).",
             )
     else:
-        chosen = default_attacks(threat, context.system.system, surrogate=surrogate.get(None))
+        built = surrogate.get(None)
+        chosen = default_attacks(
+            threat,
+            context.system.system,
+            surrogate=built,
+            extracted=surrogate.extraction is not None,
+        )
         if not chosen:
             raise table.fail(
                 None,
@@ -213,6 +224,8 @@ def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
         attacks = list(enumerate(chosen))
     oracle = Oracle(context.system.system, threat)
     for j, attack in attacks:
+        if surrogate.extraction is not None and _takes_surrogate(attack):
+            continue  # its surrogate is extracted during the run, and checked then
         try:
             attack.check_applicable(oracle)
         except (InputError, AccessError) as error:
@@ -220,7 +233,13 @@ def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
                 f"attacks[{j}]", f"the threat model {threat.name!r} does not allow it: {error}"
             ) from None
     try:
-        return ThreatPlan(threat=threat, attacks=tuple(a for _, a in attacks), grid=grid)
+        return ThreatPlan(
+            threat=threat,
+            attacks=tuple(a for _, a in attacks),
+            grid=grid,
+            shares=tuple(shares) if any(s is not None for s in shares) else None,
+            extraction=surrogate.extraction,
+        )
     except InputError as error:
         raise table.fail(None, str(error)) from None
 
@@ -262,11 +281,15 @@ def _threat_value(table: Table, key: str, context: _Context) -> Any:
 
 
 # ------------------------------------------------------------------------ attacks
-def _takes_surrogate(attack: Attack) -> bool:
+def _takes_surrogate(attack: EvasionAttack) -> bool:
     return any(f.name == "surrogate" for f in dataclasses.fields(attack))
 
 
-def _read_attacks(table: Table, surrogate: _Surrogates) -> list[tuple[int, Attack]]:
+def _read_attacks(
+    table: Table, surrogate: _Surrogates, shares: list[float | None]
+) -> list[tuple[int, EvasionAttack]]:
+    """The attacks of a threat model; the ``share`` of each (None: automatic) goes to
+    ``shares``, in order."""
     values = table.get("attacks")
     known = list_attacks()
     if not isinstance(values, list) or not values:
@@ -290,6 +313,16 @@ def _read_attacks(table: Table, surrogate: _Surrogates) -> list[tuple[int, Attac
             raise table.fail(
                 at, f'must be an attack name or a table {{name = "...", ...}}; got {kind(item)}.'
             )
+        share = params.pop("share", None)
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1
+        ):
+            raise table.fail(
+                f"{at}.share",
+                f"must be the attack's fraction of the per-sample budget, a number in [0, 1]; got "
+                f"{share!r}.",
+            )
+        shares.append(share)
         if not isinstance(name, str) or name not in known:
             hint = closest(name, known) if isinstance(name, str) else ""
             raise table.fail(
@@ -315,8 +348,8 @@ def _read_attacks(table: Table, surrogate: _Surrogates) -> list[tuple[int, Attac
     return attacks
 
 
-def _creator(name: str) -> Callable[..., Attack]:
-    def build(**params: Any) -> Attack:
+def _creator(name: str) -> Callable[..., EvasionAttack]:
+    def build(**params: Any) -> EvasionAttack:
         return create(name, **params)
 
     return build
@@ -329,6 +362,8 @@ class _Surrogates:
     def __init__(self, table: Table, threat: ThreatModel, context: _Context) -> None:
         self.table, self.threat, self.context = table, threat, context
         self.built: Surrogate | None = None
+        self.extraction: Extraction | None = None
+        self.read = False
 
     def get(self, needed_at: str | None) -> Surrogate | None:
         """The surrogate; without a ``[threat.surrogate]`` table, None, or an error at
@@ -343,11 +378,12 @@ class _Surrogates:
                 '(trained on data disjoint from the evaluated samples) or source = "extract" '
                 "(trained on labels bought from the system, queries counted).",
             )
-        if self.built is None:
+        if not self.read:
+            self.read = True
             self.built = self._build()
         return self.built
 
-    def _build(self) -> Surrogate:
+    def _build(self) -> Surrogate | None:
         table, context = self.table, self.context
         sub = Table(table.get("surrogate"), table.at("surrogate"), table.where, SURROGATE_KEYS)
         system = context.system.system
@@ -392,19 +428,22 @@ class _Surrogates:
                     bounds=system.bounds,
                 )
             return context.surrogates[memo]
+        if self.threat.queries_total == 0:
+            raise sub.fail(
+                None,
+                "extraction buys the system's labels, but the threat model allows no query at "
+                'all (queries_total = 0): raise queries_total, or use source = "own-data".',
+            )
         rounds = sub.integer("rounds", EXTRACTION_ROUNDS)
         lam = sub.number("lam", EXTRACTION_LAM)
         if not 0 < lam < math.inf:
             raise sub.fail("lam", f"must be a finite number > 0; got {lam!r}.")
-        try:  # the budget may answer too few queries
-            return extract_surrogate(
-                Oracle(system, self.threat),
-                own.x[:samples],
-                rounds=rounds,
-                lam=lam,
-                architecture=architecture,
-                epochs=epochs,
-                seed=seed,
-            )
-        except InputError as error:
-            raise sub.fail(None, str(error)) from None
+        # bought from the system during the run, through this threat model's oracle, so its
+        # queries are in the campaign's ledger (and its budget)
+        extraction: ExtractionAttack = _blame(
+            lambda **params: create("jacobian-extraction", **params),
+            {"rounds": rounds, "lam": lam, "architecture": architecture, "epochs": epochs},
+            sub,
+        )
+        self.extraction = Extraction(attack=extraction, seed_x=own.x[:samples])
+        return None

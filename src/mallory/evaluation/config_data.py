@@ -21,7 +21,7 @@ from mallory.systems.base import Output, System
 from mallory.threat.features import FeatureConstraints
 from mallory.zoo.datasets import SPLITS, Dataset, list_datasets, load_dataset
 
-SYSTEM_KEYS = ("model", "path", "input_shape", "bounds", "output", "name")
+SYSTEM_KEYS = ("model", "path", "input_shape", "bounds", "output", "name", "deterministic")
 DATA_KEYS = ("dataset", "path", "split", "samples", "name")
 FEATURE_KEYS = ("mutable", "values")
 
@@ -40,6 +40,7 @@ def read_system(values: Any, *, base: Path, where: str, progress: bool) -> Syste
 
     table = Table(values, "system", where, SYSTEM_KEYS)
     name = table.text("name", None)
+    deterministic = table.flag("deterministic", True)
     if table.one_of("model", "path", "a zoo model") == "model":
         table.only_with(("input_shape", "bounds", "output"), "path")
         recipes = {r.name: r for r in list_models()}
@@ -48,6 +49,8 @@ def read_system(values: Any, *, base: Path, where: str, progress: bool) -> Syste
             system = load_model(model, progress=progress)
         except InputError as error:
             raise table.fail("model", str(error)) from None
+        if not deterministic:
+            system = system.randomized()
         return SystemChoice(system, name or model, recipes[model].dataset)
     file = resolve(base, table.text("path"))
     shape = table.shape("input_shape")
@@ -64,7 +67,9 @@ def read_system(values: Any, *, base: Path, where: str, progress: bool) -> Syste
     from mallory.systems.saved import load_saved
 
     try:
-        system = load_saved(file, shape, bounds, output=output, name=name)
+        system = load_saved(
+            file, shape, bounds, output=output, name=name, deterministic=deterministic
+        )
     except InputError as error:
         raise table.fail("path", str(error)) from None
     return SystemChoice(system, name or file.stem, None)

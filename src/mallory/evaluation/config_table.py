@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mallory.errors import InputError
+from mallory.jsonable import plain
+
+__all__ = ["Table", "closest", "kind", "plain", "resolve"]
 
 _MISSING: Any = object()
 
@@ -38,19 +41,6 @@ def closest(word: str, choices: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def plain(value: Any) -> Any:
-    """A parsed TOML value as JSON-ready data (dates as ISO text, non-finite floats as text)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 class Table:

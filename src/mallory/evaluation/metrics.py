@@ -4,30 +4,40 @@ Everything here reads the store only, so ``mallory report RUN`` renders a run wi
 system or the data. Definitions (per threat model):
 
 * a sample is *broken* when some attack of the sequence found an input inside the perturbation
-  set that the system gets wrong (untargeted) or classifies as the target (targeted); clean
-  mistakes count as broken at zero cost (and are not attacked);
+  set that the judge finds wrong (untargeted) or on target (targeted), by a majority over
+  draws for a randomized system; clean mistakes count as broken at zero cost (and are not
+  attacked);
+* a sample broken under a *weaker* threat model of the same run (same norm, goal and samples;
+  no more eps, knowledge, exposure or budget, see :func:`dominates`) counts as broken under a
+  stronger one too: its attacker can do everything the weaker one did. The report lists such
+  samples as inherited, so a stronger threat model never shows a higher robust accuracy;
 * under an unbounded threat model (eps = inf) every attack ran on every sample; the breaking
   input of a sample is then the closest one found (distances, confidence and gallery use it),
   and its effort is still what was spent up to its first mistake;
 * robust accuracy = samples correct and never broken / all samples (untargeted only);
 * marginal gain of an attack = samples it broke that no earlier attack broke / all samples;
-* effort to the first mistake = what the attacker spent on a sample as the Oracle counted it
-  (queries, seconds the system spent answering it, money),
-  summed over the attacks up to and including the one that broke it; a survival curve gives
-  the share of attacked samples still standing against that spend per sample;
+* effort to the first mistake = what the attacker spent on a sample as the event log counted it
+  (queries, seconds the system spent answering it, money), summed over the attacks up to and
+  including the one that broke it; a survival curve gives the share of attacked samples still
+  standing against that spend per sample;
 * confidence on mistakes = the system's top probability on the breaking input (NaN when the
-  threat model shows labels only and the evaluator could not judge); the review share is the
-  share of those inside the run's review band.
+  system shows labels only); the review share is the share of those inside the run's review
+  band;
+* the attacker's ledger and the evaluator's (the judge's own queries) are kept apart.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mallory.access.events import Call, Outcome, Reason
+from mallory.access.judge import DEFAULT_DRAWS
+from mallory.flags import RANDOMIZED, Flag
 from mallory.report.model import (
     AttackSummary,
     Curve,
@@ -39,10 +49,15 @@ from mallory.report.model import (
     Report,
     ThreatSummary,
 )
-from mallory.store import Outcomes, Samples, Store
+from mallory.store import Outcomes, Samples, Store, Unit
 
 EXAMPLES = 8  # gallery rows per threat model
 MEASURES = ("queries", "seconds", "money")
+SYSTEM_REASONS = {Reason.RATE, Reason.BAN, Reason.DETECTOR, Reason.SYSTEM}
+_KNOWLEDGE = {"zero": 0, "limited": 1, "perfect": 2}
+_EXPOSURE = {"label": 0, "top-k": 1, "scores": 2, "logits": 3}
+
+Breaking = dict[int, tuple[str, Outcomes, int]]  # id -> (attack, its outcomes, row)
 
 
 def build_report(store: Store, run: str) -> Report:
@@ -55,19 +70,24 @@ def build_report(store: Store, run: str) -> Report:
     n = int(dataset_rows.sum())
     correct = (samples.predictions == samples.labels)[dataset_rows]
     units = store.units(run)
-    last = max(((u.threat, u.attack) for u in units), default=(-1, -1))
+    last = max(((u.threat, u.attack) for u in units if u.attack >= 0), default=(-1, -1))
     complete = info["status"] == "complete"
-    # an attack is reached when it committed a unit, or when the run went past it (an attack
-    # that found no sample standing commits nothing, and still ran)
+    # an attack is reached when it committed a unit, or when the run went past it
     done = {
         (t, a)
         for t, plan in enumerate(config["plans"])
         for a in range(len(plan["attacks"]))
         if complete or (t, a) <= last
     }
-    threats = []
-    for t, plan in enumerate(config["plans"]):
-        threats.append(_threat(store, run, t, plan, config, samples, done))
+    collected = [
+        _collect(store, run, t, plan, config, samples, done, [u for u in units if u.threat == t])
+        for t, plan in enumerate(config["plans"])
+    ]
+    _inherit(config["plans"], collected)
+    threats = [
+        _summary(c, config, samples, store.events(run, threat=c.t, account="attacker"))
+        for c in collected
+    ]
     total = Ledger(
         queries=sum(s.ledger.queries for s in threats),
         gradients=sum(s.ledger.gradients for s in threats),
@@ -90,10 +110,67 @@ def build_report(store: Store, run: str) -> Report:
         review_band=list(config["review_band"]),
         threats=threats,
         ledger=total,
+        draws=_draws(config, info["flags"]),
+        evaluator=_ledger_of(store.events(run, account="evaluator")),
+        flags=[Flag.from_dict(f) for f in info["flags"]],
     )
 
 
-def _threat(
+def dominates(strong: dict[str, Any], weak: dict[str, Any]) -> bool:
+    """Whether an attacker under threat model ``strong`` can do everything one under ``weak``
+    can (both as ``ThreatModel.to_dict()`` writes them): the same norm, goal, targets,
+    features and feedback; at least the eps, the knowledge of every stage, the exposure, the
+    adaptivity and the budgets."""
+    if strong is weak or strong == weak:
+        return False
+    same = ("norm", "goal", "targets", "features", "feedback")
+    if any(strong.get(k) != weak.get(k) for k in same):
+        return False
+    if _eps(strong) < _eps(weak):
+        return False
+    if _KNOWLEDGE[strong["knowledge"]] < _KNOWLEDGE[weak["knowledge"]]:
+        return False
+    stages = set(strong.get("stage_knowledge", {})) | set(weak.get("stage_knowledge", {}))
+    for stage in stages:
+        mine = strong.get("stage_knowledge", {}).get(stage, strong["knowledge"])
+        theirs = weak.get("stage_knowledge", {}).get(stage, weak["knowledge"])
+        if _KNOWLEDGE[mine] < _KNOWLEDGE[theirs]:
+            return False
+    if _EXPOSURE[strong["exposure"]] < _EXPOSURE[weak["exposure"]]:
+        return False
+    both_top_k = strong["exposure"] == weak["exposure"] == "top-k"
+    if both_top_k and (strong.get("top_k") or 0) < (weak.get("top_k") or 0):
+        return False
+    if weak.get("adaptive") and not strong.get("adaptive"):
+        return False
+    for budget in ("queries_per_sample", "queries_total"):
+        mine, theirs = strong.get(budget), weak.get(budget)
+        if mine is not None and (theirs is None or mine < theirs):
+            return False
+    return True
+
+
+def _eps(threat: dict[str, Any]) -> float:
+    return _as_float(threat["eps"]) if threat["eps"] != "inf" else math.inf
+
+
+@dataclass
+class _Collected:
+    """What one threat model's units hold, before inheritance and summaries."""
+
+    t: int
+    plan: dict[str, Any]
+    ids: Tensor
+    correct: Tensor
+    breaking: Breaking
+    spent: dict[str, Tensor]
+    effort: dict[str, Tensor]
+    attacks: list[AttackSummary]
+    units: list[Unit]
+    inherited: list[dict[str, Any]]
+
+
+def _collect(
     store: Store,
     run: str,
     t: int,
@@ -101,7 +178,8 @@ def _threat(
     config: dict[str, Any],
     samples: Samples,
     done: set[tuple[int, int]],
-) -> ThreatSummary:
+    units: list[Unit],
+) -> _Collected:
     threat = plan["threat"]
     shape = tuple(config["input_shape"])
     rows = samples.source >= 0 if plan["grid"] else samples.source < 0
@@ -109,19 +187,59 @@ def _threat(
     n = len(ids)
     correct = (samples.predictions == samples.labels)[rows]
     attacked = int(correct.sum())
-    untargeted = threat["goal"] == "untargeted"
     norm = threat["norm"]
-    unbounded = math.isinf(_as_float(threat["eps"]))
+    unbounded = math.isinf(_eps(threat))
     spent = {m: torch.zeros(n, dtype=torch.float64) for m in MEASURES}
     position = {int(i): k for k, i in enumerate(ids)}
-    breaking: dict[int, tuple[str, Outcomes, int]] = {}  # id -> (attack, outcomes, row)
+    breaking: Breaking = {}
     effort = {m: torch.full((n,), math.nan, dtype=torch.float64) for m in MEASURES}
     summaries = []
     standing = attacked
+    preface = [u for u in units if u.attack < 0]
+    if preface:
+        calls = store.events(run, threat=t, attack=-1, account="attacker")
+        ledger = _ledger_of(calls)
+        summaries.append(
+            AttackSummary(
+                attack=preface[0].name,
+                family="extraction",
+                params=preface[0].params,
+                attempted=0,
+                broken=0,
+                success_rate=math.nan,
+                marginal_gain=0.0,
+                standing_after=standing / n if n else math.nan,
+                ledger=ledger,
+                refused=sum(int((c.outcome == int(Outcome.REFUSED)).sum()) for c in calls),
+            )
+        )
     for a, entry in enumerate(plan["attacks"]):
-        out = store.outcomes(run, t, a, shape)
         if (t, a) not in done:
             continue  # not reached yet (a partial run)
+        mine = [u for u in units if u.attack == a]
+        first = mine[0] if mine else None
+        flags = list(dict.fromkeys(Flag.from_dict(f) for u in mine for f in u.flags))
+        refused = sum(sum(u.refusals.values()) for u in mine)
+        if first is not None and first.status == "not-run":
+            summaries.append(
+                AttackSummary(
+                    attack=entry["name"],
+                    family=entry["family"],
+                    params=entry["params"],
+                    attempted=0,
+                    broken=0,
+                    success_rate=math.nan,
+                    marginal_gain=0.0,
+                    standing_after=standing / n if n else math.nan,
+                    ledger=Ledger(),
+                    status="not run",
+                    reason=first.reason,
+                    budget=first.budget,
+                    planned=first.planned,
+                )
+            )
+            continue
+        out = store.outcomes(run, t, a, shape)
         where = torch.tensor([position[int(i)] for i in out.ids], dtype=torch.int64)
         for m in MEASURES:
             spent[m].index_add_(0, where, getattr(out, m).double())
@@ -156,6 +274,63 @@ def _threat(
                     money=float(out.money.sum()),
                 ),
                 interrupted=int(out.interrupted.sum()),
+                budget=first.budget if first is not None else None,
+                planned=first.planned if first is not None else None,
+                refused=refused,
+                flags=flags,
+            )
+        )
+    return _Collected(t, plan, ids, correct, breaking, spent, effort, summaries, units, [])
+
+
+def _inherit(plans: list[dict[str, Any]], collected: list[_Collected]) -> None:
+    """Samples broken under a weaker threat model count under every stronger one (in place):
+    a row of the attack sequence says how many each weaker one gave."""
+    for strong in collected:
+        for weak in collected:
+            if weak is strong or strong.plan["grid"] != weak.plan["grid"]:
+                continue
+            if not dominates(strong.plan["threat"], weak.plan["threat"]):
+                continue
+            if not torch.equal(strong.ids, weak.ids):
+                continue
+            position = {int(i): k for k, i in enumerate(strong.ids)}
+            gained = [sid for sid in weak.breaking if sid not in strong.breaking]
+            for sid in gained:
+                strong.breaking[sid] = weak.breaking[sid]
+                k = position[sid]
+                for m in MEASURES:
+                    strong.effort[m][k] = weak.effort[m][k]
+            if gained:
+                strong.inherited.append(
+                    {"from": weak.plan["threat"]["name"], "broken": len(gained)}
+                )
+
+
+def _summary(
+    collected: _Collected, config: dict[str, Any], samples: Samples, events: list[Call]
+) -> ThreatSummary:
+    plan = collected.plan
+    threat = plan["threat"]
+    ids, correct, breaking = collected.ids, collected.correct, collected.breaking
+    n = len(ids)
+    attacked = int(correct.sum())
+    untargeted = threat["goal"] == "untargeted"
+    norm = threat["norm"]
+    summaries = list(collected.attacks)
+    standing = attacked - len(breaking)
+    for item in collected.inherited:
+        summaries.append(
+            AttackSummary(
+                attack=f"inherited from {item['from']}",
+                family="inherited",
+                params={},
+                attempted=0,
+                broken=int(item["broken"]),
+                success_rate=math.nan,
+                marginal_gain=int(item["broken"]) / n if n else math.nan,
+                standing_after=standing / n if n else math.nan,
+                ledger=Ledger(),
             )
         )
     broken = len(breaking)
@@ -167,8 +342,13 @@ def _threat(
     low, high = config["review_band"]
     finite = [c for c in confidence if not math.isnan(c)]
     inside = [c for c in finite if low <= c <= high]
-    eps = _as_float(threat["eps"])
-    on_correct = correct.clone()
+    eps = _eps(threat)
+    spent, effort = collected.spent, collected.effort
+    refusals = _refusals(collected.units)
+    stopped, until = _stopped(refusals, events)
+    threat_flags = list(
+        dict.fromkeys(f for a in summaries for f in a.flags if f.code == "stopped-by-system")
+    )
     return ThreatSummary(
         name=threat["name"],
         threat=threat,
@@ -182,7 +362,7 @@ def _threat(
         success_rate=broken / attacked if attacked else math.nan,
         attacks=summaries,
         median_distance=distances,
-        effort={m: _survival(effort[m][on_correct], spent[m][on_correct], m) for m in MEASURES},
+        effort={m: _survival(effort[m][correct], spent[m][correct], m) for m in MEASURES},
         effort_median={m: _median(effort[m][~effort[m].isnan()].tolist()) for m in MEASURES},
         epsilon_curve=_epsilon_curve(
             [float(getattr(o, norm)[r]) for _, o, r in breaking.values()],
@@ -196,14 +376,79 @@ def _threat(
         confidence_histogram=_histogram(finite),
         review_share=len(inside) / len(finite) if finite else math.nan,
         ledger=Ledger(
-            queries=int(spent["queries"].sum()),
+            queries=int(spent["queries"].sum())
+            + sum(a.ledger.queries for a in summaries if a.family == "extraction"),
             gradients=sum(s.ledger.gradients for s in summaries),
-            seconds=float(spent["seconds"].sum()),
-            money=float(spent["money"].sum()),
+            seconds=float(spent["seconds"].sum())
+            + sum(a.ledger.seconds for a in summaries if a.family == "extraction"),
+            money=float(spent["money"].sum())
+            + sum(a.ledger.money for a in summaries if a.family == "extraction"),
         ),
         examples=_examples(breaking, samples),
         grid=_grid(plan, breaking, samples) if plan["grid"] else None,
+        inherited=list(collected.inherited),
+        refusals=refusals,
+        stopped=stopped,
+        queries_until_stopped=until,
+        evaluator=_unit_evaluator(collected.units),
+        flags=threat_flags,
     )
+
+
+def _refusals(units: list[Unit]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for unit in units:
+        for reason, count in unit.refusals.items():
+            out[reason] = out.get(reason, 0) + int(count)
+    return out
+
+
+def _stopped(refusals: dict[str, int], events: list[Call]) -> tuple[str | None, float]:
+    """Whether the system itself refused the attacker (a rate limit, a ban, a detector, a
+    blocking stage), and the attacker's queries before it first did."""
+    texts = {reason.text for reason in SYSTEM_REASONS}
+    by_system = {text: count for text, count in refusals.items() if text in texts}
+    if not by_system:
+        return None, math.nan
+    codes = torch.tensor([int(r) for r in SYSTEM_REASONS], dtype=torch.int8)
+    before = 0
+    until = math.nan
+    for call in events:
+        hit = torch.isin(call.reason, codes)
+        if bool(hit.any()):
+            first = int(hit.nonzero()[0])
+            until = float(before + int(call.charged[:first].sum()))
+            break
+        before += int(call.charged.sum())
+    text = ", ".join(f"{count:,} rows {reason}" for reason, count in by_system.items())
+    return f"stopped by the system: {text}", until
+
+
+def _unit_evaluator(units: list[Unit]) -> Ledger:
+    return Ledger(
+        queries=sum(int(u.evaluator.get("queries", 0)) for u in units),
+        seconds=sum(float(u.evaluator.get("seconds", 0.0)) for u in units),
+        money=sum(float(u.evaluator.get("money", 0.0)) for u in units),
+    )
+
+
+def _ledger_of(calls: list[Call]) -> Ledger:
+    queries = gradients = 0
+    seconds = money = 0.0
+    for call in calls:
+        charged = int(call.charged.sum())
+        queries += charged
+        money += charged * call.price
+        seconds += call.seconds
+        if call.kind.value == "gradient":
+            gradients += charged
+    return Ledger(queries=queries, gradients=gradients, seconds=seconds, money=money)
+
+
+def _draws(config: dict[str, Any], flags: list[dict[str, Any]]) -> int:
+    if not any(f.get("code") == RANDOMIZED for f in flags):
+        return 1
+    return int(config.get("draws") or DEFAULT_DRAWS)
 
 
 def _survival(broken_at: Tensor, spent: Tensor, measure: str) -> Curve:

@@ -70,6 +70,8 @@ def _header(reports: list[Report]) -> str:
         ("clean accuracy", [f"<b>{pct(r.clean_accuracy)}</b>" for r in reports]),
         ("review band", ["[" + ", ".join(num(v) for v in r.review_band) + "]" for r in reports]),
         ("attacker's total spend", [esc(ledger_text(r.ledger)) for r in reports]),
+        ("judge", [esc(_judged(r)) for r in reports]),
+        ("evaluator's own spend", [esc(ledger_text(r.evaluator)) for r in reports]),
     ]
     head = ["", *(f'<span class="sys{i}">{esc(label)}</span>' for i, label in enumerate(labels))]
     if len(reports) == 2:
@@ -91,6 +93,19 @@ def _header(reports: list[Report]) -> str:
         for r in reports
         if r.status == "partial"
     ]
+    for report, label in zip(reports, labels, strict=True):
+        for place, flag in report.all_flags():
+            warnings.append(
+                f'<p class="warning flag" role="alert" data-code="{esc(flag.code)}">⚠ '
+                f"{esc(label)} · {esc(place)}: {esc(flag.message)}</p>"
+            )
+        for threat in report.threats:
+            if threat.stopped:
+                warnings.append(
+                    f'<p class="warning" role="alert">⚠ {esc(label)} · {esc(threat.name)}: '
+                    f"{esc(threat.stopped)}; the attacker had spent "
+                    f"{num(threat.queries_until_stopped)} queries when first refused.</p>"
+                )
     if len(reports) == 2 and (
         reports[0].dataset != reports[1].dataset or reports[0].samples != reports[1].samples
     ):
@@ -107,6 +122,12 @@ def _header(reports: list[Report]) -> str:
     return f'<section id="header"><h1>{title}</h1>{body}</section>'
 
 
+def _judged(report: Report) -> str:
+    if report.draws > 1:
+        return f"majority over {count(report.draws)} draws per verdict (randomized system)"
+    return "one answer per verdict (deterministic system)"
+
+
 def _footer() -> str:
     lines = [
         "<b>Robust accuracy</b> (untargeted threat models): the share of all samples the system "
@@ -119,6 +140,11 @@ def _footer() -> str:
         "money) until its first successful input; higher means mistakes are harder to find.",
         "<b>Review band</b>: the range of confidence a human would review; the review share is "
         "the share of mistakes inside it. Lower confidence on mistakes is better.",
+        "Each attack gets a <b>share</b> of the per-sample query budget (what it may spend, "
+        "plus what earlier attacks left unspent); an attack with nothing to spend is listed "
+        "as <b>not run</b>, never as breaking nothing. The <b>judge</b> decides every verdict, "
+        "by a majority over draws for a randomized system; its own queries are the "
+        "<b>evaluator's spend</b>, never charged to the attacker.",
         "Distances are medians over the broken samples, in the dataset's units. "
         "“—” means not measured; “∞” means unbounded.",
     ]

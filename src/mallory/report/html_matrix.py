@@ -100,6 +100,9 @@ def _matrix_rows(reports: list[Report]) -> list[list[str]]:
 
 
 _ATTACK_HEAD = [
+    "status",
+    "share / sample",
+    "planned / sample",
     "attempted",
     "broken",
     "success rate",
@@ -109,7 +112,8 @@ _ATTACK_HEAD = [
     "gradients",
     "seconds",
     "money",
-    "errors",
+    "refused rows",
+    "problems and flags",
 ]
 
 
@@ -119,8 +123,13 @@ def _attack_values(attack: AttackSummary) -> list[str]:
         problems.append(f"{count(attack.interrupted)} interrupted")
     if attack.error:
         problems.append(esc(attack.error))
+    problems += [f"<b>{esc(f.code)}</b>: {esc(f.message)}" for f in attack.flags]
     ledger = attack.ledger
+    status = "ran" if attack.status == "ran" else f"<b>not run</b>: {esc(attack.reason or '')}"
     return [
+        cell(status, cls="" if attack.status == "ran" else "error"),
+        "∞" if attack.budget is None else count(attack.budget),
+        "—" if attack.planned is None else count(attack.planned),
         count(attack.attempted),
         count(attack.broken),
         pct(attack.success_rate),
@@ -130,12 +139,16 @@ def _attack_values(attack: AttackSummary) -> list[str]:
         count(ledger.gradients),
         num(ledger.seconds),
         num(ledger.money),
+        count(attack.refused),
         cell("<br>".join(problems) or "—", cls="error" if problems else ""),
     ]
 
 
 def _attack_differences(a: AttackSummary, b: AttackSummary) -> list[str]:
     return [
+        "",
+        "",
+        "",
         delta(a.attempted, b.attempted),
         delta(a.broken, b.broken),
         delta(a.success_rate, b.success_rate, share=True),
@@ -145,6 +158,7 @@ def _attack_differences(a: AttackSummary, b: AttackSummary) -> list[str]:
         delta(a.ledger.gradients, b.ledger.gradients),
         delta(a.ledger.seconds, b.ledger.seconds),
         delta(a.ledger.money, b.ledger.money),
+        delta(a.refused, b.refused),
         "",
     ]
 

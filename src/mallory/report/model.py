@@ -14,7 +14,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-SCHEMA = "mallory.report/1"
+from mallory.flags import Flag
+from mallory.jsonable import number, plain
+
+SCHEMA = "mallory.report/2"
 
 T = TypeVar("T")
 
@@ -39,7 +42,9 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Ledger:
-    """What the attacker spent: queries, gradient evaluations, wall seconds, money."""
+    """What was spent: queries, gradient evaluations, seconds the system spent answering,
+    money (queries times the price per query). The attacker's ledger and the evaluator's (the
+    judge's own queries, never charged to the attacker) are kept apart."""
 
     queries: int = 0
     gradients: int = 0
@@ -55,6 +60,10 @@ class AttackSummary:
     ``success_rate`` is ``broken / attempted``; ``marginal_gain`` is ``broken / samples`` of the
     threat model; ``standing_after`` is the share of the threat model's samples still
     standing after it (for untargeted threat models, the robust accuracy after this attack).
+    ``status`` is ``"ran"`` or ``"not run"`` (``reason`` says why: no budget left, no sample
+    left standing); ``budget`` is its share of the per-sample query budget (None: unlimited)
+    and ``planned`` the queries per sample it planned to spend; ``refused`` counts the rows
+    the system or the budget refused it; ``flags`` are findings about its numbers.
     """
 
     attack: str
@@ -68,6 +77,12 @@ class AttackSummary:
     ledger: Ledger
     interrupted: int = 0
     error: str | None = None
+    status: str = "ran"
+    reason: str | None = None
+    budget: int | None = None
+    planned: int | None = None
+    refused: int = 0
+    flags: list[Flag] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,14 @@ class ThreatSummary:
     against the perturbation size in the threat model's norm (from the distances found: an
     upper bound on the true robust accuracy). ``confidence`` is the system's confidence on each
     mistake; ``review_share`` the share of mistakes inside the run's review band.
+
+    ``inherited`` lists the samples counted broken because a weaker threat model of the run
+    broke them (its attacker can do everything the weaker one can): ``{"from": name,
+    "broken": count}``. ``refusals`` counts the attacker's rows refused, by reason;
+    ``stopped`` says when the system itself stopped the attacker (a rate limit, a ban, a
+    detector), with ``queries_until_stopped`` the attacker's queries before it first did.
+    ``evaluator`` is the judge's own ledger for this threat model; ``flags`` are findings
+    about its numbers.
     """
 
     name: str
@@ -152,6 +175,12 @@ class ThreatSummary:
     ledger: Ledger
     examples: list[Example] = field(default_factory=list)
     grid: Grid | None = None
+    inherited: list[dict[str, Any]] = field(default_factory=list)
+    refusals: dict[str, int] = field(default_factory=dict)
+    stopped: str | None = None
+    queries_until_stopped: float = math.nan
+    evaluator: Ledger = field(default_factory=Ledger)
+    flags: list[Flag] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -161,7 +190,10 @@ class Report:
 
     ``status`` is ``complete``, or ``partial`` when the run stopped before its last attack
     (the numbers then cover only what ran). ``review_band`` is the ``[low, high]`` range of
-    confidence that a human would review.
+    confidence that a human would review. ``draws`` is how many answers each verdict took (1
+    for a deterministic system; a majority over more for a randomized one); ``evaluator`` is
+    the judge's own ledger over the run (never charged to the attacker); ``flags`` are
+    findings about the system that make numbers doubtful (randomness, saturated outputs).
     """
 
     run: str
@@ -179,11 +211,24 @@ class Report:
     review_band: list[float]
     threats: list[ThreatSummary]
     ledger: Ledger
+    draws: int = 1
+    evaluator: Ledger = field(default_factory=Ledger)
+    flags: list[Flag] = field(default_factory=list)
     schema: str = SCHEMA
+
+    def all_flags(self) -> list[tuple[str, Flag]]:
+        """Every flag of the report with where it was raised: ``("run", flag)``, ``(threat,
+        flag)`` and ``("threat: attack", flag)``, each (place, code, message) once."""
+        out: list[tuple[str, Flag]] = [("run", f) for f in self.flags]
+        for threat in self.threats:
+            out += [(threat.name, f) for f in threat.flags]
+            for attack in threat.attacks:
+                out += [(f"{threat.name}: {attack.attack}", f) for f in attack.flags]
+        return list(dict.fromkeys(out))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None, infinities become "inf"/"-inf"."""
-        return _jsonable(asdict(self))
+        return plain(asdict(self))  # type: ignore[no-any-return]
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -201,28 +246,6 @@ class Report:
                 return summary
         known = ", ".join(t.name for t in self.threats)
         raise KeyError(f"no threat model {name!r} in run {self.run!r}; it has: {known}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _number(value: Any) -> Any:
-    if value is None:
-        return math.nan
-    if value in ("inf", "-inf"):
-        return float(value)
-    return value
 
 
 def _build(kind: Any, data: Any, where: str) -> Any:
@@ -256,5 +279,5 @@ def _build(kind: Any, data: Any, where: str) -> Any:
     if len(args) == 1 and args[0] is not Any:
         return _build(args[0], data, where)
     if kind is float:
-        return float(_number(data))
+        return float(number(data))
     return data

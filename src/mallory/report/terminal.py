@@ -30,13 +30,35 @@ _PARTIAL = "partial run: it stopped before its last attack; the numbers cover on
 WIDE = 120  # columns needed by the attack-sequence table
 
 
+def budget_text(attack: AttackSummary) -> str:
+    """What the attack was given and what it spent: "given 250 of 1,000 queries/sample
+    (planned 1,000), spent 12,345", or "unlimited"."""
+    given = "unlimited budget" if attack.budget is None else f"share {count(attack.budget)}/sample"
+    planned = "" if attack.planned is None else f", planned {count(attack.planned)}"
+    return f"{given}{planned}, spent {count(attack.ledger.queries)} queries"
+
+
 def _attack_line(index: int, attack: AttackSummary) -> str:
+    if attack.status != "ran":
+        return (
+            f"  {index}. {attack.attack} ({attack.family}): not run: {attack.reason}; "
+            f"{budget_text(attack)}"
+        )
+    if attack.family in ("inherited", "extraction"):
+        what = (
+            f"broke {count(attack.broken)} (counted from a weaker threat model)"
+            if attack.family == "inherited"
+            else f"{count(attack.ledger.queries)} queries to build the surrogate"
+        )
+        return f"  {index}. {attack.attack} ({attack.family}): {what}"
     line = (
         f"  {index}. {attack.attack} ({attack.family}): broke {count(attack.broken)}/"
         f"{count(attack.attempted)} ({pct(attack.success_rate)}), marginal gain "
         f"{pct(attack.marginal_gain)}, standing after {pct(attack.standing_after)}, "
-        f"{count(attack.ledger.queries)} queries"
+        f"{budget_text(attack)}"
     )
+    if attack.refused:
+        line += f", {count(attack.refused)} rows refused"
     if attack.interrupted:
         line += f", {count(attack.interrupted)} interrupted"
     if attack.error:
@@ -55,9 +77,24 @@ def _threat_line(threat: ThreatSummary) -> str:
     )
 
 
+def judge_line(report: Report) -> str:
+    """How verdicts were decided, and what deciding them cost (never the attacker's)."""
+    how = (
+        "each verdict a majority over " + count(report.draws) + " draws (randomized system)"
+        if report.draws > 1
+        else "one answer per verdict (deterministic system)"
+    )
+    return f"judge: {how}; evaluator's own spend: {ledger_text(report.evaluator)}"
+
+
+def flag_lines(report: Report) -> list[str]:
+    """Every flag, with where it was raised."""
+    return [f"warning ({place}): {flag.message}" for place, flag in report.all_flags()]
+
+
 def summary_lines(report: Report) -> list[str]:
-    """The report's findings as plain lines: the run, clean accuracy, then per threat model
-    its headline numbers and its attack sequence with marginal gains."""
+    """The report's findings as plain lines: the run, clean accuracy, the warnings, then per
+    threat model its headline numbers and its attack sequence with marginal gains."""
     lines = [
         f"{report.system} on {report.dataset}: {count(report.samples)} samples, run "
         f"{report.run}, seed {report.seed}, status {report.status}"
@@ -65,15 +102,47 @@ def summary_lines(report: Report) -> list[str]:
     if report.status == "partial":
         lines.append(f"warning: {_PARTIAL}")
     lines.append(f"clean accuracy {pct(report.clean_accuracy)}")
+    lines.append(judge_line(report))
+    lines.extend(flag_lines(report))
     for threat in report.threats:
         lines.append(_threat_line(threat))
+        if threat.stopped:
+            lines.append(
+                f"  {threat.stopped}; the attacker had spent {num(threat.queries_until_stopped)} "
+                "queries when it was first refused"
+            )
         lines.extend(_attack_line(i, a) for i, a in enumerate(threat.attacks, 1))
     lines.append(f"attacker's total spend: {ledger_text(report.ledger)}")
     return lines
 
 
-def _matrix(report: Report) -> Table:
+def _matrix(report: Report, width: int) -> Table:
+    """The threat-model matrix: every measure on a wide terminal; on a narrow one (a CI log,
+    80 columns) the headline, the median distance in the threat model's own norm, the median
+    queries to the first mistake and the review share."""
     table = Table(title="Threat models (cheapest attacker first)", title_justify="left")
+    if width < WIDE:
+        for name, right in (
+            ("threat model", False),
+            ("goal · norm ≤ ε", False),
+            ("robust / success", True),
+            ("median dist.", True),
+            ("median queries", True),
+            ("review", True),
+        ):
+            table.add_column(name, justify="right" if right else "left", overflow="fold")
+        for t in report.threats:
+            kind, value = headline(t)
+            distance = t.median_distance.get(t.norm, math.nan)
+            table.add_row(
+                Text(t.name),
+                Text(goal_text(t)),
+                f"{pct(value)} {'acc.' if kind.startswith('robust') else 'succ.'}",
+                num(distance),
+                num(t.effort_median.get("queries", math.nan)),
+                pct(t.review_share),
+            )
+        return table
     for name in ("threat model", "goal · norm ≤ ε", "robust acc. / success"):
         table.add_column(name)
     for d in DISTANCES:
@@ -98,12 +167,18 @@ def _attacks(threat: ThreatSummary) -> Table:
     table = Table(title=Text(f"{threat.name}: attack sequence"), title_justify="left")
     for name in ("#", "attack", "family", "broken / attempted", "success rate"):
         table.add_column(name, justify="right" if name == "#" else "left")
-    for name in ("marginal gain", "standing after", "queries", "gradients", "seconds"):
+    for name in ("marginal gain", "standing after", "share / sample", "queries", "gradients"):
         table.add_column(name, justify="right")
-    table.add_column("errors")
+    table.add_column("status and problems")
     for i, a in enumerate(threat.attacks, 1):
-        problems = [f"{count(a.interrupted)} interrupted"] if a.interrupted else []
+        problems = [] if a.status == "ran" else [f"not run: {a.reason}"]
+        problems += [f"{count(a.interrupted)} interrupted"] if a.interrupted else []
+        problems += [f"{count(a.refused)} rows refused"] if a.refused else []
+        problems += [f.code for f in a.flags]
         problems += [a.error] if a.error else []
+        share = "∞" if a.budget is None else count(a.budget)
+        if a.planned is not None:
+            share += f" (plans {count(a.planned)})"
         table.add_row(
             str(i),
             Text(a.attack),
@@ -112,9 +187,9 @@ def _attacks(threat: ThreatSummary) -> Table:
             pct(a.success_rate),
             pct(a.marginal_gain),
             pct(a.standing_after),
+            share,
             count(a.ledger.queries),
             count(a.ledger.gradients),
-            num(a.ledger.seconds),
             Text("; ".join(problems) or "—", style="red" if problems else ""),
         )
     return table
@@ -183,9 +258,20 @@ def render_terminal(reports: list[Report], console: Console | None = None) -> No
         if report.status == "partial":
             out.print(Text(f"warning: {_PARTIAL}", style="bold yellow"))
         out.print(Text(f"attacker's total spend: {ledger_text(report.ledger)}"))
+        out.print(Text(judge_line(report)))
+        for line in flag_lines(report):
+            out.print(Text(line, style="bold yellow"))
     if len(reports) == 1:
-        out.print(_matrix(reports[0]))
+        out.print(_matrix(reports[0], out.width))
         for threat in reports[0].threats:
+            if threat.stopped:
+                out.print(
+                    Text(
+                        f"{threat.name}: {threat.stopped}; the attacker had spent "
+                        f"{num(threat.queries_until_stopped)} queries when first refused",
+                        style="yellow",
+                    )
+                )
             if out.width >= WIDE:
                 out.print(_attacks(threat))
             else:  # a narrow terminal: one line per attack reads better than a crushed table

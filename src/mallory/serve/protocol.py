@@ -23,8 +23,9 @@ import orjson
 import torch
 from torch import Tensor
 
+from mallory.access.exposure import as_logits, as_probabilities
 from mallory.serve.limits import Limits, deeper_than
-from mallory.systems.base import Output, System
+from mallory.systems.base import System
 from mallory.threat import Exposure
 
 __all__ = ["Model", "Parsed", "Refusal", "Shown", "numbers", "read_json"]
@@ -222,9 +223,8 @@ class Model:
             raise RuntimeError("the model returned NaN or infinite scores")
         out = out.detach().cpu()
         if self.exposure is Exposure.LOGITS:
-            logits = out if system.output is Output.LOGITS else out.clamp_min(1e-30).log()
-            return Shown(self.exposure, logits)
-        probs = out.softmax(1) if system.output is Output.LOGITS else out
+            return Shown(self.exposure, as_logits(out, system.output))
+        probs = as_probabilities(out, system.output)
         if self.exposure is Exposure.SCORES:
             return Shown(self.exposure, probs)
         if self.exposure is Exposure.LABEL:

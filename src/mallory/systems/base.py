@@ -8,16 +8,22 @@ deterministic; a non-differentiable stage may offer a surrogate for its backward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from mallory.errors import AccessError, InputError
 from mallory.threat import Exposure
+
+if TYPE_CHECKING:
+    from mallory.access.policies import Policy
 
 StageFn = Callable[[Tensor], "Tensor | Verdict"]
 
@@ -149,7 +155,10 @@ class System:
     returns logits or probabilities. ``exposes`` is the richest answer the system can give at
     all (a remote API that returns only labels exposes ``Exposure.LABEL``; its scores are then
     one-hot and no threat model may grant more); ``top_k`` is how many scores a top-k system
-    shows.
+    shows. ``refusal_label`` is the class the system shows when it refuses a query, for threat
+    models whose refusals look like labels (a phishing filter that blocks answers "phishing").
+    ``policies`` are the system's admission policies (rate limits, bans, detectors: see
+    :mod:`mallory.access.policies`), applied by every oracle on it.
     """
 
     def __init__(
@@ -164,6 +173,8 @@ class System:
         name: str = "system",
         exposes: Exposure | str = Exposure.LOGITS,
         top_k: int | None = None,
+        refusal_label: int | None = None,
+        policies: Sequence[Policy] = (),
     ) -> None:
         if not stages:
             raise InputError("A System needs at least one stage.")
@@ -192,6 +203,42 @@ class System:
         self.name = name
         self.exposes = Exposure(exposes)
         self.top_k = top_k  # how many scores a top-k system shows
+        if refusal_label is not None and (
+            isinstance(refusal_label, bool)
+            or not isinstance(refusal_label, int)
+            or not 0 <= refusal_label < num_classes
+        ):
+            raise InputError(
+                f"refusal_label must be a class index 0..{num_classes - 1}, or None; got "
+                f"{refusal_label!r}."
+            )
+        self.refusal_label = refusal_label
+        self.policies: tuple[Policy, ...] = tuple(policies)
+
+    def with_policies(self, *policies: Policy, refusal_label: int | None = None) -> System:
+        """A copy of this system behind more admission policies (a rate limit, a ban, a
+        detector), and with the label it shows when it refuses, if given."""
+        clone = copy.copy(self)
+        clone.policies = (*self.policies, *policies)
+        if refusal_label is not None:
+            if (
+                isinstance(refusal_label, bool)
+                or not isinstance(refusal_label, int)
+                or not 0 <= refusal_label < self.num_classes
+            ):
+                raise InputError(
+                    f"refusal_label must be a class index 0..{self.num_classes - 1}; got "
+                    f"{refusal_label!r}."
+                )
+            clone.refusal_label = refusal_label
+        return clone
+
+    def randomized(self) -> System:
+        """A copy of this system declared randomized (every stage not deterministic): the
+        judge then decides its predictions by a majority over draws."""
+        clone = copy.copy(self)
+        clone.stages = tuple(dataclasses.replace(s, deterministic=False) for s in self.stages)
+        return clone
 
     def __repr__(self) -> str:
         stages = " -> ".join(s.name for s in self.stages)
@@ -244,22 +291,56 @@ class System:
                 )
         return path
 
-    def forward_differentiable(self, x: Tensor, *, adaptive: bool) -> Tensor:
+    def forward_differentiable(
+        self, x: Tensor, *, adaptive: bool, straight_through: Sequence[str] = ()
+    ) -> Tensor:
         """Outputs through the gradient path, recording the autograd graph to ``x``.
 
         A non-differentiable stage runs forward as it is and backward through its surrogate
-        (straight-through: ``s(x) + (f(x) - s(x)).detach()``).
+        (straight-through: ``s(x) + (f(x) - s(x)).detach()``). ``straight_through`` names more
+        stages (or parts of a stage, where the system knows them: a torch model's submodules)
+        whose backward pass becomes the identity (BPDA, Athalye et al. 2018), for stages whose
+        gradient is zero or useless although autograd can differentiate them.
         """
-        for stage in self.gradient_path(adaptive=adaptive):
-            if stage.differentiable:
-                x = _values(stage.fn(x))
-            else:
-                assert stage.surrogate is not None  # checked by gradient_path
-                with torch.no_grad():
-                    exact = _values(stage.fn(x))
-                stand_in = _values(stage.surrogate(x))
-                x = stand_in + (exact - stand_in).detach()
+        names = set(straight_through)
+        stage_names = {s.name for s in self.stages}
+        with self.bypassed(names - stage_names):
+            for stage in self.gradient_path(adaptive=adaptive):
+                if stage.name in names:
+                    with torch.no_grad():
+                        exact = _values(stage.fn(x))
+                    if exact.shape != x.shape:
+                        raise InputError(
+                            f"The stage {stage.name!r} changes the shape ({tuple(x.shape)} to "
+                            f"{tuple(exact.shape)}): an identity backward cannot stand in for it."
+                        )
+                    x = x + (exact - x).detach()
+                elif stage.differentiable:
+                    x = _values(stage.fn(x))
+                else:
+                    assert stage.surrogate is not None  # checked by gradient_path
+                    with torch.no_grad():
+                        exact = _values(stage.fn(x))
+                    stand_in = _values(stage.surrogate(x))
+                    x = stand_in + (exact - stand_in).detach()
         return x
+
+    def bypassable(self) -> tuple[str, ...]:
+        """Names of the parts inside stages whose backward can be bypassed (none here; a torch
+        model lists its submodules)."""
+        return ()
+
+    @contextmanager
+    def bypassed(self, names: set[str]) -> Iterator[None]:
+        """Within the block, the parts ``names`` pass gradients straight through."""
+        if names:
+            known = sorted({s.name for s in self.stages} | set(self.bypassable()))
+            raise InputError(
+                f"The system {self.name!r} has no stage or part named "
+                f"{', '.join(map(repr, sorted(names)))} to pass gradients straight through; "
+                f"it has: {', '.join(known)}."
+            )
+        yield
 
 
 def _values(out: Tensor | Verdict) -> Tensor:

@@ -18,8 +18,9 @@ class Pipeline(System):
     of a model usually keeps the model's input space, so they default to the model's.
 
     The pipeline answers as its last system does: ``exposes`` (and ``top_k``) default to that
-    system's. A pipeline may declare a poorer exposure (a wrapper that shows only labels), never
-    a richer one.
+    system's, and so does its refusal label; the admission policies of every system in it
+    (rate limits, bans, detectors) guard the whole pipeline. A pipeline may declare a poorer
+    exposure (a wrapper that shows only labels), never a richer one.
     """
 
     def __init__(
@@ -68,6 +69,8 @@ class Pipeline(System):
             name=name,
             exposes=shown,
             top_k=shown_k,
+            refusal_label=model.refusal_label,
+            policies=[p for part in parts if isinstance(part, System) for p in part.policies],
         )
 
 

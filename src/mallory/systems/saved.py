@@ -47,6 +47,7 @@ def load_saved(
     *,
     output: Output | str = Output.LOGITS,
     name: str | None = None,
+    deterministic: bool = True,
 ) -> System:
     """The model saved at ``path`` as a System (the suffix says how to read it).
 
@@ -54,8 +55,24 @@ def load_saved(
     fixed sizes, and from a scikit-learn estimator's ``n_features_in_``; TorchScript needs it.
     ``bounds`` is required: a file does not say what its inputs mean. ``output`` says whether a
     torch or ONNX model returns logits or probabilities (scikit-learn estimators say it
-    themselves). Pickles run code when loaded: load only files you trust.
+    themselves). ``deterministic=False`` declares a model that answers the same input
+    differently (the judge then votes over draws). Pickles run code when loaded: load only
+    files you trust.
     """
+    if not isinstance(deterministic, bool):
+        raise InputError(f"deterministic must be True or False; got {deterministic!r}.")
+    system = _load(path, input_shape, bounds, output=output, name=name)
+    return system if deterministic else system.randomized()
+
+
+def _load(
+    path: str | Path,
+    input_shape: Sequence[int] | None,
+    bounds: Bounds | tuple[Any, Any] | None,
+    *,
+    output: Output | str,
+    name: str | None,
+) -> System:
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix not in SUFFIXES:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,7 +19,12 @@ class TorchModel(System):
     ``preprocess`` is an optional differentiable function applied first (normalization, say);
     it is a stage of its own so the attacker works in the raw input space bounded by ``bounds``.
     The module is put in eval mode: attacks need a fixed function, not dropout noise.
-    ``num_classes`` is read off one forward pass when not given.
+    ``num_classes`` is read off one forward pass when not given. ``deterministic=False``
+    declares a module that answers the same input differently (noise layers, random
+    transformations inside it): the judge then decides by a majority over draws.
+
+    Its submodules (by their names in ``module.named_modules()``) can pass gradients straight
+    through (BPDA) in a gradient query, for layers such as a quantizer whose gradient is zero.
     """
 
     def __init__(
@@ -32,6 +38,7 @@ class TorchModel(System):
         output: Output | str = Output.LOGITS,
         class_names: Sequence[str] | None = None,
         name: str = "torch-model",
+        deterministic: bool = True,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise InputError(f"TorchModel needs a torch.nn.Module; got {type(module).__name__}.")
@@ -47,7 +54,9 @@ class TorchModel(System):
         stages = []
         if preprocess is not None:
             stages.append(Stage(name="preprocess", fn=preprocess))
-        stages.append(Stage(name="model", fn=run))
+        if not isinstance(deterministic, bool):
+            raise InputError(f"deterministic must be True or False; got {deterministic!r}.")
+        stages.append(Stage(name="model", fn=run, deterministic=deterministic))
         if num_classes is None:
             probe = torch.zeros((1, *input_shape), dtype=dtype, device=device)
             with torch.no_grad():
@@ -67,3 +76,38 @@ class TorchModel(System):
             class_names=class_names,
             name=name,
         )
+
+    def bypassable(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.module.named_modules() if name)
+
+    @contextmanager
+    def bypassed(self, names: set[str]) -> Iterator[None]:
+        """Within the block, the submodules ``names`` pass gradients straight through: their
+        forward is exact, their backward the identity (they must keep the shape)."""
+        if not names:
+            yield
+            return
+        modules = dict(self.module.named_modules())
+        unknown = sorted(names - set(modules))
+        if unknown:
+            with super().bypassed(set(unknown)):
+                pass
+        handles = []
+
+        def straight(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
+            (first,) = inputs[:1]
+            if not isinstance(output, Tensor) or output.shape != first.shape:
+                raise InputError(
+                    "A submodule passed straight through must keep the shape of its input; "
+                    f"{type(module).__name__} maps {tuple(first.shape)} to "
+                    f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}."
+                )
+            return first + (output - first).detach()
+
+        try:
+            for name in sorted(names):
+                handles.append(modules[name].register_forward_hook(straight))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -9,6 +9,7 @@ from mallory.threat.features import FeatureConstraints
 from mallory.threat.model import (
     PRESETS,
     Exposure,
+    Feedback,
     Goal,
     Knowledge,
     Norm,
@@ -25,6 +26,7 @@ __all__ = [
     "PRESETS",
     "Exposure",
     "FeatureConstraints",
+    "Feedback",
     "Goal",
     "Knowledge",
     "Norm",

@@ -66,6 +66,16 @@ class Goal(StrEnum):
     TARGETED = "targeted"  # a chosen class (given with the data, or drawn at random)
 
 
+class Feedback(StrEnum):
+    """What the attacker learns when the system refuses a query (a rate limit, a ban, a
+    detector, a stage that blocks): the defender's response as the attacker sees it."""
+
+    BLOCKED = "blocked"  # the answer says "blocked" (label -1, no scores)
+    LABEL = "label"  # the answer is an ordinary-looking label: the system's refusal label
+    DELAY = "delay"  # a rate limit answers late instead of refusing; other refusals: nothing
+    NONE = "none"  # no answer comes back (label -1, no scores), as if the call timed out
+
+
 class Targets(StrEnum):
     """Where the target classes of a targeted attack come from."""
 
@@ -81,8 +91,10 @@ class ThreatModel:
     ``math.inf`` leaves it unbounded, as minimal-perturbation attacks (Carlini-Wagner, DeepFool)
     report the smallest perturbation they find. Every input also stays inside the system's
     input bounds. ``knowledge`` applies to every stage unless ``stage_knowledge`` names the stage.
-    Budgets of ``None`` are unlimited. ``features`` limits which input features the attacker
-    may change and to which values (tabular data).
+    Budgets of ``None`` are unlimited; a query counts when the system processed it. ``features``
+    limits which input features the attacker may change and to which values (tabular data).
+    ``feedback`` is what the attacker sees when the system refuses a query (its rate limit,
+    ban, detector or a blocking stage); the attacker's own budget is always seen as blocked.
     """
 
     name: str = "custom"
@@ -99,6 +111,7 @@ class ThreatModel:
     price_per_query: float = 0.0
     adaptive: bool = True
     features: FeatureConstraints | None = None
+    feedback: Feedback = Feedback.BLOCKED
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +122,7 @@ class ThreatModel:
             ("exposure", Exposure),
             ("goal", Goal),
             ("targets", Targets),
+            ("feedback", Feedback),
         ):
             object.__setattr__(self, name, _as_enum(owner, name, enum, getattr(self, name)))
         stages: Any = self.stage_knowledge
@@ -188,6 +202,7 @@ class ThreatModel:
             "queries_total": self.queries_total,
             "price_per_query": self.price_per_query,
             "adaptive": self.adaptive,
+            "feedback": self.feedback.value,
             "features": None if self.features is None else self.features.to_dict(),
         }
 

@@ -1,14 +1,13 @@
-"""Where the zoo keeps trained models, and how it writes them safely."""
+"""Where the zoo keeps trained models (written with :func:`mallory.jsonable.write_atomically`)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import platformdirs
+
+from mallory.jsonable import write_atomically
 
 CACHE_ENV = "MALLORY_CACHE"
 
@@ -24,20 +23,4 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("mallory"))
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write`` into a temporary file beside ``path``, then rename it.
-
-    The rename is atomic, so a reader sees the old file or the whole new one, never a part,
-    even when the writer crashes or two processes write the same path.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+__all__ = ["CACHE_ENV", "cache_dir", "write_atomically"]

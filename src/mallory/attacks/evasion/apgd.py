@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mallory.access import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access import Access, Oracle, OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.fgsm import steepest_step
 from mallory.attacks.evasion.losses import cross_entropy, dlr, reached
 from mallory.attacks.noise import Noise
@@ -144,7 +145,7 @@ def _loss_field() -> Any:
 
 @register("apgd")
 @dataclass(frozen=True, kw_only=True)
-class APGD(Attack):
+class APGD(EvasionAttack):
     """PGD with momentum whose step size halves whenever progress stalls: no step to tune.
 
     Croce and Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
@@ -235,6 +236,13 @@ class APGD(Attack):
         if self.loss is not None:
             return self.loss
         return APGDLoss.CE if goal is Goal.UNTARGETED else APGDLoss.DLR_TARGETED
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        goal = oracle.threat.goal
+        if self._loss(goal) is APGDLoss.DLR_TARGETED and goal is Goal.UNTARGETED:
+            classes = min(self.target_classes, oracle.num_classes - 1)
+            return 1 + classes * self.restarts * self.steps
+        return self.restarts * self.steps
 
     # ------------------------------------------------------------------ the attack
     def _run(

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, Oracle, OracleView
-from mallory.attacks.base import Attack, Family, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.evasion.natural import (
     APRUZZESE,
     Blur,
@@ -68,7 +70,7 @@ _TRICKS_RULE = Rule(
 
 @register("cheap")
 @dataclass(frozen=True, kw_only=True)
-class CheapBattery(Attack):
+class CheapBattery(EvasionAttack):
     """The cheap tricks of real attackers, cheapest first, each on the samples still standing.
 
     Apruzzese, Anderson, Dambra, Freeman, Pierazzi and Roundy, "Real Attackers Don't Compute
@@ -121,8 +123,14 @@ class CheapBattery(Attack):
 
     def check_applicable(self, oracle: Oracle) -> None:
         super().check_applicable(oracle)
-        for trick in self.chosen(oracle.system.input_shape):
+        for trick in self.chosen(oracle.input_shape):
             trick.check_applicable(oracle)
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        total = 0
+        for trick in self.chosen(oracle.input_shape):
+            total += len(trick.ladder(oracle))
+        return total
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

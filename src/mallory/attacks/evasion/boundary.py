@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.starts import LabelProbe, boundary_search, distance, find_starts
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import flag, integer, real
@@ -26,7 +28,7 @@ _GROW, _SHRINK = 0.5, 0.2
 
 @register("boundary")
 @dataclass(frozen=True, kw_only=True)
-class BoundaryAttack(Attack):
+class BoundaryAttack(EvasionAttack):
     """Start from an adversarial input and walk along the boundary, closer to the clean input.
 
     Brendel, Rauber and Bethge, "Decision-Based Adversarial Attacks: Reliable Attacks Against
@@ -80,6 +82,9 @@ class BoundaryAttack(Attack):
     access = Access.LABELS
     norms = frozenset({Norm.L2})
     minimizes = True
+    # quick on a tiny model; starts drawn from the batch depend on it by design, so they are
+    # off where tests check that batching changes nothing
+    fast: ClassVar[dict[str, Any]] = {"max_queries": 200, "batch_starts": False}
     paper = (
         "Brendel, Rauber and Bethge, Decision-Based Adversarial Attacks: Reliable Attacks "
         "Against Black-Box Machine Learning Models, ICLR 2018"
@@ -108,11 +113,8 @@ class BoundaryAttack(Attack):
         help="start from other inputs of the batch (the outcome then depends on the batch)",
     )
 
-    @classmethod
-    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
-        """For the registry's conformance suite, which checks that batching never changes an
-        outcome: starts drawn from the batch do depend on it, by design, so they are off."""
-        return {"batch_starts": False}
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.max_queries
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.losses import margin, reached
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import flag, integer, real
@@ -29,7 +32,7 @@ _STALL = 1e-4
 
 @register("cw")
 @dataclass(frozen=True, kw_only=True)
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(EvasionAttack):
     """Minimise ``||delta||_2^2 + c * f(x + delta)`` with Adam, binary-searching ``c`` per sample.
 
     Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017
@@ -68,7 +71,14 @@ class CarliniWagnerL2(Attack):
         result.l2.median()
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 3
+
     access = Access.GRADIENTS
+    fast: ClassVar[dict[str, Any]] = {
+        "binary_steps": 3,
+        "steps": 20,
+    }  # quick on a tiny model (tests)
     norms = frozenset({Norm.L2})
     minimizes = True
     paper = (
@@ -87,6 +97,9 @@ class CarliniWagnerL2(Attack):
     def keeps_closest(self) -> bool:
         """Only without a margin: a closer query that just met the goal lacks kappa's margin."""
         return self.confidence == 0
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.binary_steps * self.steps  # at most: abort_early stops most steps sooner
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.losses import reached
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import flag, integer, real
@@ -22,7 +25,7 @@ MARGIN = 1e-4
 
 @register("deepfool")
 @dataclass(frozen=True, kw_only=True)
-class DeepFool(Attack):
+class DeepFool(EvasionAttack):
     """Step to the nearest boundary of the linearized classifier until the label changes.
 
     Moosavi-Dezfooli, Fawzi and Frossard, "DeepFool: a simple and accurate method to fool deep
@@ -67,7 +70,11 @@ class DeepFool(Attack):
         result.l2.median()
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 2
+
     access = Access.GRADIENTS
+    fast: ClassVar[dict[str, Any]] = {"steps": 20}  # quick on a tiny model (tests)
     norms = frozenset({Norm.L2, Norm.LINF})
     goals = frozenset({Goal.UNTARGETED})
     minimizes = True

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, Gradient, LossFn, OracleView
-from mallory.attacks.base import Attack, create, register
+from mallory.access.oracle import Access, Gradient, LossFn, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import create, register
 from mallory.attacks.evasion import pgd as _pgd  # noqa: F401  (registers "pgd", the default inner attack)
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule, choice, integer, real
 from mallory.errors import InputError
@@ -54,8 +56,8 @@ def log_scores(probs: Tensor) -> Tensor:
 
 
 def _as_attack(value: Any) -> Any:
-    """An Attack from an Attack, a registered name, or ``{"name": ..., **params}``."""
-    if isinstance(value, Attack):
+    """An attack from an attack, a registered name, or ``{"name": ..., **params}``."""
+    if isinstance(value, EvasionAttack):
         return value
     if isinstance(value, str):
         return create(value)
@@ -68,7 +70,7 @@ def _as_attack(value: Any) -> Any:
 def _inner_attack(default: str, *, help: str) -> Any:
     rule = Rule(
         "a gradient attack: an Attack instance, a registered name, or {'name': ..., **params}",
-        lambda v: isinstance(v, Attack),
+        lambda v: isinstance(v, EvasionAttack),
         _as_attack,
     )
     return dataclasses.field(default=default, metadata={"rule": rule, "help": help})
@@ -76,7 +78,7 @@ def _inner_attack(default: str, *, help: str) -> Any:
 
 @register("nes")
 @dataclass(frozen=True, kw_only=True)
-class EstimatedGradient(Attack):
+class EstimatedGradient(EvasionAttack):
     """Any gradient attack run on scores alone, with gradients estimated from queries.
 
     Ilyas, Engstrom, Athalye and Lin, "Black-box Adversarial Attacks with Limited Queries and
@@ -135,7 +137,9 @@ class EstimatedGradient(Attack):
         "ICML 2018"
     )
 
-    attack: Attack = _inner_attack("pgd", help="the gradient attack whose gradients are estimated")
+    attack: EvasionAttack = _inner_attack(
+        "pgd", help="the gradient attack whose gradients are estimated"
+    )
     samples: int = integer(
         50, low=1, help="antithetic pairs (nes) or coordinates (fd) per estimate"
     )
@@ -165,46 +169,55 @@ class EstimatedGradient(Attack):
         out["attack"] = {"name": self.attack.name, **self.attack.params()}
         return out
 
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        inner = self.attack.planned_queries(oracle)
+        if inner is None:
+            return None
+        count = self.samples
+        if self.method is Method.FD:
+            count = min(count, math.prod(oracle.input_shape))
+        return inner * (1 + 2 * count)
+
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise
     ) -> Tensor:
-        view = EstimatingView(oracle, self, noise)
+        view = oracle.with_gradient(Estimator(self, noise, len(oracle)))
         return self.attack._run(view, x, y, targets, noise)
 
 
-class EstimatingView(OracleView):
-    """An OracleView whose ``gradient()`` is estimated from score queries.
-
-    Everything else (scores, labels, budgets, counts, the record of what was seen) is the
-    wrapped view's, so the real oracle counts every query, and a probe that happened to be
-    adversarial is not lost. ``access`` says gradients: they are what this view answers.
+class Estimator:
+    """The gradient source of an estimating view: ``gradient(x, loss, rows)`` answered from
+    score queries made through the view it was derived from (see
+    :meth:`~mallory.access.view.OracleView.with_gradient`), so the real oracle counts every
+    query, and a probe that happened to be adversarial is recorded and not lost.
     """
 
-    def __init__(self, view: OracleView, estimator: EstimatedGradient, noise: Noise) -> None:
-        super().__init__(view._oracle, view._ids, view.record)
-        self.access = Access.GRADIENTS
+    def __init__(self, estimator: EstimatedGradient, noise: Noise, rows: int) -> None:
         self._estimator = estimator
         self._noise = noise
-        # estimates made per row so far: the noise key of a row's next draw, so a sample's
+        # estimates made per row so far: the stream of a row's next draw, so a sample's
         # directions never depend on which other samples are in the batch
-        self._calls = torch.zeros(len(view), dtype=torch.int64)
+        self._calls = torch.zeros(rows, dtype=torch.int64)
 
-    def gradient(self, x: Tensor, loss: LossFn, rows: Tensor | None = None) -> Gradient:
+    def __call__(self, view: OracleView, x: Tensor, loss: LossFn, rows: Tensor | None) -> Gradient:
+        return self.gradient(view, x, loss, rows)
+
+    def gradient(self, view: OracleView, x: Tensor, loss: LossFn, rows: Tensor | None) -> Gradient:
         m, shape = len(x), x.shape[1:]
-        where = torch.arange(len(self)) if rows is None else rows.to("cpu", torch.int64)
+        where = torch.arange(len(view)) if rows is None else rows.to("cpu", torch.int64)
         if len(where) != m:
             raise InputError(f"A gradient query of {m} inputs came with {len(where)} rows.")
         count = self._count(shape.numel())
         width = 1 + 2 * count
-        able = (self.remaining(where) >= width).nonzero().squeeze(1)
-        logp = torch.zeros((m, width, self.num_classes), dtype=x.dtype, device=x.device)
+        able = (view.remaining(where) >= width).nonzero().squeeze(1)
+        logp = torch.zeros((m, width, view.num_classes), dtype=x.dtype, device=x.device)
         steps = torch.ones((m, count), dtype=x.dtype, device=x.device)
         directions = torch.zeros((m, count, *shape), dtype=x.dtype, device=x.device)
         refused = torch.ones(m, dtype=torch.bool, device=x.device)
         if len(able):
             a = able.to(x.device)
-            points, directions_a, steps_a = self._probes(x[a], where[able])
-            probs = self.scores(points.flatten(0, 1), rows=where[able].repeat_interleave(width))
+            points, directions_a, steps_a = self._probes(view, x[a], where[able])
+            probs = view.scores(points.flatten(0, 1), rows=where[able].repeat_interleave(width))
             probs = probs.view(len(able), width, -1)
             refused[a] = torch.isnan(probs).all(2).any(1)
             logp[a] = log_scores(probs.flatten(0, 1)).view(len(able), width, -1).nan_to_num(0.0)
@@ -229,7 +242,7 @@ class EstimatingView(OracleView):
         est = self._estimator
         return est.samples if est.method is Method.NES else min(est.samples, size)
 
-    def _probes(self, x: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _probes(self, view: OracleView, x: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Points ``(m, 1 + 2 * count, ...)``: x, x + sigma d_i, x - sigma d_i (clamped);
         the directions d_i ``(m, count, ...)``; and the divisor of each difference."""
         est, m, shape = self._estimator, len(x), x.shape[1:]
@@ -238,8 +251,8 @@ class EstimatingView(OracleView):
         for made in torch.unique(self._calls[ids]).tolist():
             group = (self._calls[ids] == made).nonzero().squeeze(1)
             directions[group.to(x.device)] = self._directions(ids[group], made, x)
-        ahead = self.bounds.clamp(x[:, None] + est.sigma * directions)
-        back = self.bounds.clamp(x[:, None] - est.sigma * directions)
+        ahead = view.bounds.clamp(x[:, None] + est.sigma * directions)
+        back = view.bounds.clamp(x[:, None] - est.sigma * directions)
         points = torch.cat([x[:, None], ahead, back], 1)
         if est.method is Method.NES:
             steps = torch.full((m, count), 2.0 * est.sigma, dtype=x.dtype, device=x.device)

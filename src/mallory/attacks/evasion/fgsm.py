@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.losses import Loss, loss_fn
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import choice
@@ -16,7 +18,7 @@ from mallory.threat import Norm
 
 @register("fgsm")
 @dataclass(frozen=True, kw_only=True)
-class FGSM(Attack):
+class FGSM(EvasionAttack):
     """One gradient step of size eps: the sign of the gradient (Linf) or its direction (L2).
 
     Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015.
@@ -33,11 +35,17 @@ class FGSM(Attack):
         result = create("fgsm")(Oracle(model, white_box("linf", 0.1)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 0
+
     access = Access.GRADIENTS
     norms = frozenset({Norm.LINF, Norm.L2})
     paper = "Goodfellow et al., Explaining and Harnessing Adversarial Examples, ICLR 2015"
 
     loss: Loss = choice(Loss.CE, help="loss to ascend: cross-entropy or logit margin")
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return 1
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

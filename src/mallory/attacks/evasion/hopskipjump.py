@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.starts import LabelProbe, boundary_search, distance, find_starts
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import flag, integer, real
@@ -27,7 +29,7 @@ _MAX_HALVINGS = 20
 
 @register("hopskipjump")
 @dataclass(frozen=True, kw_only=True)
-class HopSkipJump(Attack):
+class HopSkipJump(EvasionAttack):
     """Walk along the decision boundary towards the clean input, led by a gradient-direction
     estimate made from labels alone.
 
@@ -78,9 +80,15 @@ class HopSkipJump(Attack):
         result.l2[result.success].median()
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 0
+
     access = Access.LABELS
     norms = frozenset({Norm.L2, Norm.LINF})
     minimizes = True
+    # quick on a tiny model; starts drawn from the batch depend on it by design, so they are
+    # off where tests check that batching changes nothing
+    fast: ClassVar[dict[str, Any]] = {"max_queries": 200, "batch_starts": False}
     paper = (
         "Chen, Jordan and Wainwright, HopSkipJumpAttack: A Query-Efficient Decision-Based "
         "Attack, IEEE S&P 2020"
@@ -104,11 +112,8 @@ class HopSkipJump(Attack):
                 f"'max_evals' ({self.max_evals}); raise max_evals or lower init_evals."
             )
 
-    @classmethod
-    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
-        """For the registry's conformance suite, which checks that batching never changes an
-        outcome: starts drawn from the batch do depend on it, by design, so they are off."""
-        return {"batch_starts": False}
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.max_queries
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -10,8 +10,10 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.losses import reached
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import choice, flag, real
@@ -32,7 +34,7 @@ class Saliency(StrEnum):
 
 @register("jsma")
 @dataclass(frozen=True, kw_only=True)
-class JSMA(Attack):
+class JSMA(EvasionAttack):
     """Greedily saturate the features (pairs of pixels, or single ones) whose change raises the
     target class most while lowering the others, until the target class wins.
 
@@ -78,6 +80,9 @@ class JSMA(Attack):
         threat = white_box("l0", 78, goal="targeted")
         result = create("jsma")(Oracle(model, threat), x, y)
     """
+
+    default = True  # run by a campaign that names no attacks
+    rank = 4
 
     access = Access.GRADIENTS
     norms = frozenset({Norm.L0})

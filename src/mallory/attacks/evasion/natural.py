@@ -23,8 +23,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, Oracle, OracleView
-from mallory.attacks.base import Attack, Family, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import integer, real
 from mallory.errors import InputError
@@ -56,7 +58,7 @@ def rungs(top: float, levels: int) -> list[float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Trick(Attack):
+class Trick(EvasionAttack):
     """Try a fixed ladder of candidates per sample, weakest first; keep the first that works.
 
     Subclasses give the ladder (:meth:`ladder`) and how one rung transforms a batch
@@ -74,15 +76,15 @@ class Trick(Attack):
 
     def check_applicable(self, oracle: Oracle) -> None:
         super().check_applicable(oracle)
-        shape = oracle.system.input_shape
+        shape = oracle.input_shape
         if self.images_only and len(shape) != 3:
             raise InputError(
                 f"{self.name} transforms images of shape (channels, height, width); the system "
-                f"{oracle.system.name!r} takes inputs of shape {shape}. For tabular inputs use "
+                f"{oracle.name!r} takes inputs of shape {shape}. For tabular inputs use "
                 "'feature-edit'."
             )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         """The candidates' settings, weakest first."""
         raise NotImplementedError
 
@@ -92,6 +94,9 @@ class Trick(Attack):
         """The candidates of rung ``step`` (setting ``setting``) for the inputs ``x`` of batch
         rows ``rows``; the search clamps and projects them."""
         raise NotImplementedError
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return len(self.ladder(oracle))
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise
@@ -178,6 +183,9 @@ class GaussianNoise(Trick):
         result = create("gaussian-noise")(Oracle(model, no_knowledge(queries=20)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 0
+
     paper = HENDRYCKS
 
     levels: int = integer(4, low=1, help="strengths tried, evenly spaced up to the top one")
@@ -189,7 +197,7 @@ class GaussianNoise(Trick):
         help="top standard deviation as a fraction of the input range (eps inf or L0)",
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         return [(f, t) for f in rungs(1.0, self.levels) for t in range(self.tries)]
 
     def candidate(
@@ -234,6 +242,9 @@ class UniformNoise(Trick):
         result = create("uniform-noise")(Oracle(model, no_knowledge("linf", 0.1)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 1
+
     paper = HENDRYCKS
 
     levels: int = integer(4, low=1, help="strengths tried, evenly spaced up to the top one")
@@ -245,7 +256,7 @@ class UniformNoise(Trick):
         help="top half-width of the noise as a fraction of the input range (eps inf or L0)",
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         return [(f, t) for f in rungs(1.0, self.levels) for t in range(self.tries)]
 
     def candidate(
@@ -288,6 +299,9 @@ class Blur(Trick):
         result = create("blur")(Oracle(model, no_knowledge(queries=10)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 3
+
     paper = HENDRYCKS
 
     levels: int = integer(5, low=1, help="blur widths tried, evenly spaced up to max_sigma")
@@ -295,7 +309,7 @@ class Blur(Trick):
         2.0, low=0.0, low_open=True, help="the widest blur's standard deviation, in pixels"
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         return [(s,) for s in rungs(self.max_sigma, self.levels)]
 
     def candidate(
@@ -330,12 +344,15 @@ class Shift(Trick):
         result = create("shift", max_pixels=3)(Oracle(model, no_knowledge()), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 4
+
     paper = ENGSTROM
 
     levels: int = integer(2, low=1, help="distances tried, evenly spaced up to max_pixels")
     max_pixels: float = real(2.0, low=0.0, low_open=True, help="the longest shift, in pixels")
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         out: list[Setting] = []
         for p in rungs(self.max_pixels, self.levels):
             out += [(p, 0.0), (-p, 0.0), (0.0, p), (0.0, -p), (p, p), (p, -p), (-p, p), (-p, -p)]
@@ -373,6 +390,9 @@ class Rotate(Trick):
         result = create("rotate")(Oracle(model, no_knowledge(queries=6)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 5
+
     paper = ENGSTROM
 
     levels: int = integer(3, low=1, help="angles tried each way, evenly spaced up to the top")
@@ -380,7 +400,7 @@ class Rotate(Trick):
         30.0, low=0.0, low_open=True, high=180.0, help="the largest angle, in degrees"
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         return [(s * a,) for a in rungs(self.max_degrees, self.levels) for s in (1.0, -1.0)]
 
     def candidate(
@@ -416,6 +436,9 @@ class Scale(Trick):
         result = create("scale")(Oracle(model, no_knowledge()), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 6
+
     paper = ENGSTROM
 
     levels: int = integer(3, low=1, help="factors tried, evenly spaced up to max_factor")
@@ -423,7 +446,7 @@ class Scale(Trick):
         1.5, low=1.0, low_open=True, high=10.0, help="the largest zoom or stretch factor"
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         out: list[Setting] = []
         for f in (1 + s for s in rungs(self.max_factor - 1, self.levels)):
             g = 1 / f
@@ -466,6 +489,9 @@ class Contrast(Trick):
         result = create("contrast")(Oracle(model, no_knowledge()), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 2
+
     paper = HENDRYCKS
 
     levels: int = integer(3, low=1, help="strengths tried, evenly spaced up to the top ones")
@@ -477,7 +503,7 @@ class Contrast(Trick):
         0.3, low=0.0, high=1.0, help="the largest brightness shift, as a fraction of the range"
     )
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         out: list[Setting] = []
         for t in rungs(1.0, self.levels):
             b = self.max_brightness * t
@@ -520,6 +546,9 @@ class Occlude(Trick):
         result = create("occlude")(Oracle(model, no_knowledge()), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 7
+
     paper = ZEILER
 
     levels: int = integer(2, low=1, help="square sizes tried, evenly spaced up to the top one")
@@ -532,7 +561,7 @@ class Occlude(Trick):
     )
     grid: int = integer(3, low=1, high=64, help="positions per axis")
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         _, h, w = oracle.input_shape
         side = min(h, w)
         sizes = dict.fromkeys(
@@ -591,12 +620,15 @@ class Jpeg(Trick):
         result = create("jpeg")(Oracle(model, no_knowledge(queries=5)), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 8
+
     paper = HENDRYCKS
 
     levels: int = integer(5, low=1, help="qualities tried, from 90 down to min_quality")
     min_quality: int = integer(10, low=1, high=90, help="the lowest JPEG quality (1-90)")
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         if self.levels == 1:
             return [(float(self.min_quality),)]
         top, span = 90, 90 - self.min_quality

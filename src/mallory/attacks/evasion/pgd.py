@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.fgsm import steepest_step
 from mallory.attacks.evasion.losses import Loss, loss_fn, reached
 from mallory.attacks.noise import Noise
@@ -20,7 +23,7 @@ from mallory.threat.perturbation import project
 
 @register("pgd")
 @dataclass(frozen=True, kw_only=True)
-class PGD(Attack):
+class PGD(EvasionAttack):
     """Iterated gradient steps, each projected back into the eps-ball and the input bounds.
 
     Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant to
@@ -62,7 +65,11 @@ class PGD(Attack):
         result.robust_accuracy, result.gradients.double().mean()
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 1
+
     access = Access.GRADIENTS
+    fast: ClassVar[dict[str, Any]] = {"steps": 20}  # quick on a tiny model (tests)
     norms = frozenset({Norm.LINF, Norm.L2})
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
 
@@ -88,6 +95,9 @@ class PGD(Attack):
                 f"random_start=False (every restart would repeat the same run); got "
                 f"{self.restarts!r} instead. Set random_start=True or restarts=1."
             )
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.steps * self.restarts + self.restarts - 1
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise
@@ -246,5 +256,6 @@ class BIM(PGD):
     """
 
     paper = "Kurakin et al., Adversarial Examples in the Physical World, ICLR 2017 workshop"
+    default = False  # PGD runs in its place
 
     random_start: bool = flag(False, help="start from a uniform draw in the eps-ball")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mallory.flags import Flag
+from mallory.jsonable import plain
 from mallory.threat import Goal, Norm, ThreatModel
 
 
@@ -16,13 +18,19 @@ from mallory.threat import Goal, Norm, ThreatModel
 class AttackResult:
     """The outcome of one attack on a batch; every tensor has one row per sample.
 
-    ``success`` is judged by the system itself on ``x_adv`` (after the perturbation set and
-    bounds were enforced): a wrong label (untargeted) or the target label (targeted). A clean
-    input the system already gets wrong counts as a success at distance 0. ``queries`` and
-    ``gradients`` are what the oracle counted for this attack; ``cost`` is queries times the
-    threat model's price per query. ``confidence`` is the system's probability of its predicted
-    class on ``x_adv``. Where the attacker saw, among its own queries, an adversarial input
-    closer than the attack's final output, that input is the result (nothing seen is lost).
+    ``success`` is decided by the judge on ``x_adv`` (after the perturbation set and bounds
+    were enforced): a wrong label (untargeted) or the target label (targeted), by a majority
+    over draws for a randomized system (``agreement``: the share of draws that gave the
+    prediction; None for a deterministic system). A refusal (prediction ``-1``) or an
+    abstention (``-2``) is never a success. A clean input the judge already finds wrong counts
+    as a success at distance 0. ``queries`` and ``gradients`` are what the oracle's event log
+    charged to each sample during this attack, ``refused`` the rows refused before reaching
+    the system, and ``refusals`` those rows by reason; ``cost`` is queries times the threat
+    model's price per query. ``evaluator_queries`` counts the judge's own rows (never the
+    attacker's). ``confidence`` is the system's probability of its predicted class on
+    ``x_adv``. Where the attacker saw, among its own queries, an adversarial input closer than
+    the attack's final output, that input is the result (nothing seen is lost). ``flags`` are
+    findings that make the numbers doubtful (see :mod:`mallory.flags`).
 
     When the system failed during the attack, ``error`` says how, ``interrupted`` marks the
     samples whose attack was cut short, and their outcome is what the attacker had seen by then
@@ -48,6 +56,11 @@ class AttackResult:
     seconds: float
     interrupted: Tensor | None = None
     error: str | None = None
+    agreement: Tensor | None = None
+    refused: Tensor | None = None
+    refusals: dict[str, int] = field(default_factory=dict)
+    evaluator_queries: int = 0
+    flags: tuple[Flag, ...] = ()
 
     def __len__(self) -> int:
         return len(self.success)
@@ -83,6 +96,13 @@ class AttackResult:
             seconds=sum(p.seconds for p in parts),
             interrupted=torch.cat([p.interrupted_mask for p in parts]),
             error="; ".join(p.error for p in parts if p.error) or None,
+            agreement=None
+            if any(p.agreement is None for p in parts)
+            else torch.cat([p.agreement for p in parts if p.agreement is not None]),
+            refused=torch.cat([p.refused_rows for p in parts]),
+            refusals=_sum_counts([p.refusals for p in parts]),
+            evaluator_queries=sum(p.evaluator_queries for p in parts),
+            flags=tuple(dict.fromkeys(f for p in parts for f in p.flags)),
         )
 
     @property
@@ -91,6 +111,13 @@ class AttackResult:
         if self.interrupted is None:
             return torch.zeros(len(self), dtype=torch.bool)
         return self.interrupted
+
+    @property
+    def refused_rows(self) -> Tensor:
+        """Rows refused before reaching the system, per sample (zeros when none)."""
+        if self.refused is None:
+            return torch.zeros(len(self), dtype=torch.int64)
+        return self.refused
 
     @property
     def cost(self) -> Tensor:
@@ -143,6 +170,13 @@ class AttackResult:
             else math.nan,
             "interrupted": int(self.interrupted_mask.sum()),
             "error": self.error,
+            "refused_total": int(self.refused_rows.sum()),
+            "refusals": dict(self.refusals),
+            "evaluator_queries": self.evaluator_queries,
+            "mean_agreement": float(self.agreement.double().mean())
+            if self.agreement is not None and len(self)
+            else None,
+            "flags": [f.to_dict() for f in self.flags],
         }
         if self.threat.goal is Goal.UNTARGETED:
             out["robust_accuracy"] = self.robust_accuracy
@@ -162,20 +196,20 @@ class AttackResult:
             "queries": self.queries.tolist(),
             "gradients": self.gradients.tolist(),
         }
+        if self.agreement is not None:
+            per_sample["agreement"] = self.agreement.tolist()
+        if self.refused is not None:
+            per_sample["refused"] = self.refused.tolist()
         if self.targets is not None:
             per_sample["target"] = self.targets.tolist()
         if inputs:
             per_sample["x_adv"] = self.x_adv.tolist()
-        return {"summary": _jsonable(self.summary()), "samples": per_sample}
+        return {"summary": plain(self.summary()), "samples": per_sample}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return value
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0) + value
+    return out

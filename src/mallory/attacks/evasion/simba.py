@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.estimate import complete_scores
 from mallory.attacks.evasion.square import image_shape
 from mallory.attacks.noise import Noise
@@ -28,7 +31,7 @@ class Basis(StrEnum):
 
 @register("simba")
 @dataclass(frozen=True, kw_only=True)
-class SimBA(Attack):
+class SimBA(EvasionAttack):
     """Try ``x + step q`` and ``x - step q`` for one basis direction ``q`` after another.
 
     Guo, Gardner, You, Wilson and Weinberger, "Simple Black-box Adversarial Attacks",
@@ -74,6 +77,7 @@ class SimBA(Attack):
     """
 
     access = Access.SCORES
+    fast: ClassVar[dict[str, Any]] = {"max_queries": 200}  # quick on a tiny model (tests)
     norms = frozenset({Norm.L2})
     paper = "Guo et al., Simple Black-box Adversarial Attacks, ICML 2019"
 
@@ -82,6 +86,9 @@ class SimBA(Attack):
     max_queries: int = integer(10000, low=1, help="queries per sample at most (capped by budget)")
     freq_dims: int = integer(14, low=1, help="side of the low-frequency block tried first (dct)")
     stride: int = integer(7, low=1, help="width of each later band of frequencies (dct)")
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.max_queries
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, OracleView
-from mallory.attacks.base import Attack, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import register
+from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.estimate import log_scores
 from mallory.attacks.evasion.losses import Loss
 from mallory.attacks.noise import Noise
@@ -25,7 +28,7 @@ Clamp = Callable[[Tensor], Tensor]
 
 @register("square")
 @dataclass(frozen=True, kw_only=True)
-class Square(Attack):
+class Square(EvasionAttack):
     """Random search: change a random square of the image, keep the change if the loss drops.
 
     Andriushchenko, Croce, Flammarion and Hein, "Square Attack: a query-efficient black-box
@@ -70,7 +73,11 @@ class Square(Attack):
         result.queries[result.success].median()
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 0
+
     access = Access.SCORES
+    fast: ClassVar[dict[str, Any]] = {"n_queries": 200}  # quick on a tiny model (tests)
     norms = frozenset({Norm.LINF, Norm.L2})
     paper = (
         "Andriushchenko et al., Square Attack: a query-efficient black-box adversarial attack "
@@ -86,6 +93,9 @@ class Square(Attack):
         help="starting fraction of the image a window covers",
     )
     loss: Loss = choice(Loss.MARGIN, help="loss on log-probabilities: margin or cross-entropy")
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return self.n_queries
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

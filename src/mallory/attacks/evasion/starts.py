@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import OracleView
+from mallory.access.view import OracleView
 from mallory.attacks.noise import Noise
 from mallory.ops import transforms
 from mallory.threat import Norm

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import OracleView
+from mallory.access.oracle import Oracle
+from mallory.access.view import OracleView
 from mallory.attacks.base import register
 from mallory.attacks.evasion.natural import APRUZZESE, Setting, Trick
 from mallory.attacks.noise import Noise
@@ -54,13 +55,16 @@ class FeatureEdit(Trick):
         result = create("feature-edit")(Oracle(model, threat), x, y)
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 9
+
     paper = APRUZZESE
     images_only = False
 
     tries: int = integer(20, low=1, help="random edits per number of features edited")
     max_features: int = integer(3, low=1, help="the most features edited at once")
 
-    def ladder(self, oracle: OracleView) -> list[Setting]:
+    def ladder(self, oracle: Oracle | OracleView) -> list[Setting]:
         top = min(self.max_features, len(_mutable(oracle)))
         if oracle.norm is Norm.L0 and math.isfinite(oracle.eps):
             top = min(top, int(oracle.eps))
@@ -82,7 +86,7 @@ class FeatureEdit(Trick):
         return out.reshape(x.shape)
 
 
-def _mutable(oracle: OracleView) -> Tensor:
+def _mutable(oracle: Oracle | OracleView) -> Tensor:
     """Indices of the features the attacker may change (into the flattened input)."""
     features = oracle.threat.features
     if features is None:

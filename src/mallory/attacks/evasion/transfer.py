@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, Oracle, OracleView
-from mallory.attacks.base import Attack, Family, create, list_attacks, register
+from mallory.access.oracle import Access, Oracle
+from mallory.access.view import OracleView
+from mallory.attacks.base import Need, create, list_attacks, register
+from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule, flag
 from mallory.attacks.surrogate import Surrogate, fits, surrogate_oracle, train_surrogate
@@ -44,7 +46,7 @@ def _inner_attack(value: Any) -> Any:
 
 
 def _is_inner_attack(value: Any) -> bool:
-    return isinstance(value, Attack) and not isinstance(value, Transfer)
+    return isinstance(value, EvasionAttack) and not isinstance(value, Transfer)
 
 
 def _surrogate_field() -> Any:
@@ -65,7 +67,7 @@ def _attack_field() -> Any:
 
 @register("transfer")
 @dataclass(frozen=True, kw_only=True)
-class Transfer(Attack):
+class Transfer(EvasionAttack):
     """Attack a surrogate white-box, then submit the adversarial inputs to the target once.
 
     Papernot, McDaniel, Goodfellow, Jha, Celik and Swami, "Practical Black-Box Attacks against
@@ -106,14 +108,18 @@ class Transfer(Attack):
         result.success_rate, result.params["surrogate"]["extraction_queries"]
     """
 
+    default = True  # run by a campaign that names no attacks
+    rank = 0
+
     access = Access.LABELS
     family = Family.TRANSFER
+    needs = frozenset({Need.SURROGATE})
     norms = frozenset(Norm)  # narrowed by the inner attack in check_applicable
     goals = frozenset(Goal)
     paper = "Papernot et al., Practical Black-Box Attacks against Machine Learning, AsiaCCS 2017"
 
     surrogate: Surrogate | None = _surrogate_field()
-    attack: Attack = _attack_field()
+    attack: EvasionAttack = _attack_field()
     submit: bool = flag(True, help="query the target's label of each result (one per sample)")
 
     def check_applicable(self, oracle: Oracle) -> None:
@@ -124,8 +130,7 @@ class Transfer(Attack):
         oracle.require(self.access, self.name)
         if self.surrogate is None:
             raise InputError(NO_SURROGATE)
-        system = oracle.system
-        misfit = fits(self.surrogate, system.input_shape, system.num_classes)
+        misfit = fits(self.surrogate, oracle.input_shape, oracle.num_classes)
         if misfit is not None:
             raise InputError(f"{self.name}: {misfit}. Build the surrogate for this task.")
         try:
@@ -134,8 +139,8 @@ class Transfer(Attack):
             raise InputError(f"{self.name} with inner attack {error}") from None
 
     @classmethod
-    def conformance_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
-        """For the registry's conformance suite: a surrogate (an MLP) trained on its samples."""
+    def test_params(cls, system: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """A surrogate (an MLP) trained on the samples: what transfer needs to run."""
         surrogate = train_surrogate(
             x,
             y,
@@ -145,6 +150,9 @@ class Transfer(Attack):
             bounds=system.bounds,
         )
         return {"surrogate": surrogate}
+
+    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
+        return 1 if self.submit else 0
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -1,0 +1,1 @@
+"""Model extraction: a copy of the target, bought with queries."""

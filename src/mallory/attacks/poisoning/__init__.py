@@ -1,0 +1,1 @@
+"""Poisoning: training data that plants a flaw in the model trained on it."""
