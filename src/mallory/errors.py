@@ -29,6 +29,19 @@ class SystemFailure(MalloryError):
     """The system under test raised an exception or returned malformed outputs."""
 
 
-def bad_param(owner: str, name: str, expected: str, got: object) -> InputError:
-    """The one message form for a bad parameter value."""
-    return InputError(f"The {name!r} parameter of {owner} must be {expected}; got {got!r} instead.")
+_LONGEST = 200  # characters of a value's repr shown in a message
+
+
+def shown(value: object) -> str:
+    """The repr of ``value`` for a message, cut short when long (a tensor, a dataset)."""
+    text = repr(value)
+    return text if len(text) <= _LONGEST else text[: _LONGEST - 5] + " ...>"
+
+
+def bad_param(owner: str, name: str, expected: str, got: object, reason: str = "") -> InputError:
+    """The one message form for a bad parameter value: "The 'steps' parameter of PGD must be
+    an int >= 1; got 0 instead." (``reason``, when given, follows after a colon)."""
+    end = f": {reason}" if reason else "."
+    return InputError(
+        f"The {name!r} parameter of {owner} must be {expected}; got {shown(got)} instead{end}"
+    )

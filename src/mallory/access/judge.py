@@ -28,8 +28,9 @@ from torch import Tensor
 from mallory import flags
 from mallory.access.events import EventLog, Kind, Outcome
 from mallory.access.exposure import as_probabilities
-from mallory.errors import SystemFailure, bad_param
+from mallory.errors import SystemFailure
 from mallory.flags import Flag
+from mallory.params import Boolean, Constraint, Interval, OrNone, check_values
 from mallory.systems.base import ABSTAINED, REFUSED, Output, System
 from mallory.threat import Exposure
 
@@ -67,6 +68,14 @@ class Judgement:
         )
 
 
+JUDGE_PARAMS: dict[str, Constraint] = {
+    "draws": OrNone(Interval(low=1, integral=True), "for the default"),
+    "price_per_query": Interval(low=0.0),
+    "detect": Boolean(),
+}
+"""The constraints of :class:`Judge`'s parameters."""
+
+
 class Judge:
     """Decides the system's prediction on inputs, by majority over draws when it is random.
 
@@ -83,16 +92,11 @@ class Judge:
         price_per_query: float = 0.0,
         detect: bool = True,
     ) -> None:
-        if draws is not None and (
-            isinstance(draws, bool) or not isinstance(draws, int) or draws < 1
-        ):
-            raise bad_param("Judge", "draws", "an int >= 1, or None for the default", draws)
-        if (
-            isinstance(price_per_query, bool)
-            or not isinstance(price_per_query, int | float)
-            or not (0 <= price_per_query < math.inf)
-        ):
-            raise bad_param("Judge", "price_per_query", "a finite number >= 0", price_per_query)
+        check_values(
+            "Judge",
+            JUDGE_PARAMS,
+            {"draws": draws, "price_per_query": price_per_query, "detect": detect},
+        )
         self._system = system
         self._asked = draws
         self._randomized = not system.deterministic

@@ -17,7 +17,6 @@ client's own rate limit (:class:`TokenBucket`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from mallory.access.events import EventLog, Kind, Reason
-from mallory.errors import bad_param
+from mallory.params import Constraint, Interval, Options, OrNone, check_values
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,18 @@ def _rank_within_sample(ids: Tensor) -> Tensor:
     return rank
 
 
+_BUDGET = OrNone(Interval(low=0, integral=True), "for unlimited")
+POLICY_PARAMS: dict[str, Constraint] = {
+    "per_sample": _BUDGET,  # QueryBudget
+    "total": _BUDGET,
+    "rate": Interval(low=0.0, low_open=True, note="per second"),  # RateLimit, TokenBucket
+    "burst": Interval(low=1.0),
+    "per": Options(("requests", "rows")),
+    "after": Interval(low=1, integral=True),  # Ban
+}
+"""The constraints of the policies' parameters, by name."""
+
+
 class QueryBudget(Policy):
     """The threat model's query budget: at most ``per_sample`` charged queries per sample id and
     ``total`` over the log (None: unlimited). Rows of one call take the next queries of their
@@ -150,11 +161,7 @@ class QueryBudget(Policy):
     reason = Reason.BUDGET
 
     def __init__(self, per_sample: int | None = None, total: int | None = None) -> None:
-        for name, value in (("per_sample", per_sample), ("total", total)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise bad_param("QueryBudget", name, "an int >= 0, or None for unlimited", value)
+        check_values("QueryBudget", POLICY_PARAMS, {"per_sample": per_sample, "total": total})
         self.per_sample = per_sample
         self.total = total
 
@@ -225,18 +232,7 @@ class TokenBucket:
     _level: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.rate, bool)
-            or not isinstance(self.rate, int | float)
-            or not (0 < self.rate < math.inf)
-        ):
-            raise bad_param("a rate limit", "rate", "a finite number > 0 (per second)", self.rate)
-        if (
-            isinstance(self.burst, bool)
-            or not isinstance(self.burst, int | float)
-            or not (1 <= self.burst < math.inf)
-        ):
-            raise bad_param("a rate limit", "burst", "a finite number >= 1", self.burst)
+        check_values("a rate limit", POLICY_PARAMS, {"rate": self.rate, "burst": self.burst})
 
     def _fill(self, key: str, now: float) -> float:
         level, then = self._level.get(key, (float(self.burst), now))
@@ -271,8 +267,7 @@ class RateLimit(Policy):
     reason = Reason.RATE
 
     def __init__(self, rate: float, *, burst: float = 1.0, per: str = "requests") -> None:
-        if per not in ("requests", "rows"):
-            raise bad_param("RateLimit", "per", "'requests' or 'rows'", per)
+        check_values("RateLimit", POLICY_PARAMS, {"rate": rate, "burst": burst, "per": per})
         self.bucket = TokenBucket(rate, burst)
         self.per = per
 
@@ -301,8 +296,7 @@ class Ban(Policy):
     reason = Reason.BAN
 
     def __init__(self, after: int = 1) -> None:
-        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
-            raise bad_param("Ban", "after", "an int >= 1", after)
+        check_values("Ban", POLICY_PARAMS, {"after": after})
         self.after = after
         self.banned: set[str] = set()
         self._seen: dict[str, int] = {}  # log position read so far, per account

@@ -28,8 +28,8 @@ from enum import Enum, StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from mallory.access.oracle import Access
-from mallory.attacks.params import Rule, integer
-from mallory.errors import InputError, MalloryError
+from mallory.errors import InputError
+from mallory.params import RULE, Constraint, check_fields, integer
 
 REGISTRY: dict[str, type[Attack]] = {}
 
@@ -77,29 +77,7 @@ class Attack:
     )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            rule: Rule | None = f.metadata.get("rule")
-            if rule is None:
-                continue
-            value = getattr(self, f.name)
-            if value is None and rule.optional:
-                continue
-            if rule.convert is not None:
-                try:
-                    value = rule.convert(value)
-                except MalloryError as error:  # its own reason (an inner attack's, say)
-                    raise InputError(
-                        f"The {f.name!r} parameter of {type(self).__name__} must be "
-                        f"{rule.expected}; got {value!r} instead: {error}"
-                    ) from error
-                except (TypeError, ValueError):
-                    pass  # reported below in the one message form
-            if not rule.test(value):
-                raise InputError(
-                    f"The {f.name!r} parameter of {type(self).__name__} must be "
-                    f"{rule.expected}; got {getattr(self, f.name)!r} instead."
-                )
-            object.__setattr__(self, f.name, value)
+        check_fields(self)
         self._check()
 
     def _check(self) -> None:
@@ -126,7 +104,7 @@ class Attack:
         """Name, kind, paper, required access and needs, and every parameter with its help."""
         params = {}
         for f in dataclasses.fields(cls):
-            rule: Rule | None = f.metadata.get("rule")
+            rule: Constraint | None = f.metadata.get(RULE)
             default = f.default
             params[f.name] = {
                 "default": default.value if isinstance(default, Enum) else default,

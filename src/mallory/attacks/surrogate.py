@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from mallory.access.oracle import Oracle
 from mallory.errors import InputError, bad_param
+from mallory.params import Interval, Options, check_values, constraints
 from mallory.systems import Bounds, TorchModel
+from mallory.systems.base import NUM_CLASSES
 from mallory.threat import Goal, Targets, ThreatModel, white_box
 
 BATCH = 64
@@ -39,6 +41,12 @@ class Architecture(StrEnum):
 
     CNN = "cnn"  # two conv + max-pool blocks and two linear layers (images (c, h, w) only)
     MLP = "mlp"  # two hidden layers of 200 units (Papernot et al.'s MNIST substitute)
+
+
+ARCHITECTURE = Options(Architecture)
+EPOCHS = Interval(low=1, integral=True)
+SEED = Interval(low=0, integral=True)
+"""The constraints of :func:`train_surrogate`'s parameters (campaign files read them too)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,20 +156,6 @@ def fit_network(
 
 
 # ------------------------------------------------------------------------ validation
-def _check_int(owner: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise bad_param(owner, name, f"an int >= {low}", value)
-    return value
-
-
-def _as_architecture(owner: str, value: Any) -> Architecture:
-    try:
-        return Architecture(value)
-    except ValueError:
-        choices = ", ".join(repr(a.value) for a in Architecture)
-        raise bad_param(owner, "architecture", f"one of {choices}", value) from None
-
-
 def _as_inputs(owner: str, x: Any, bounds: Bounds | None) -> Tensor:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or not len(x):
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -205,18 +199,18 @@ def train_surrogate(
         surrogate = train_surrogate(data.x, data.y, architecture="cnn", epochs=3, seed=1)
     """
     owner = "train_surrogate"
-    arch = _as_architecture(owner, architecture)
-    _check_int(owner, "epochs", epochs, 1)
-    _check_int(owner, "seed", seed, 0)
+    arch: Architecture = ARCHITECTURE.check(owner, "architecture", architecture)
+    EPOCHS.check(owner, "epochs", epochs)
+    SEED.check(owner, "seed", seed)
     if not isinstance(x, Tensor):
         raise bad_param(owner, "x", "a float tensor of shape (n, *input_shape)", type(x).__name__)
-    box = Bounds.of(bounds, tuple(x.shape[1:]))
+    box = Bounds.of(bounds, tuple(x.shape[1:]), owner=owner)
     x = _as_inputs(owner, x, box)
     if not isinstance(y, Tensor) or y.shape != (len(x),) or y.is_floating_point():
         raise InputError(f"{owner} needs y: {len(x)} integer class indices, one per input.")
     y = y.long()
     classes = int(y.max()) + 1 if num_classes is None else num_classes
-    _check_int(owner, "num_classes", classes, 2)
+    NUM_CLASSES.check(owner, "num_classes", classes)
     if int(y.min()) < 0 or int(y.max()) >= classes:
         raise InputError(f"{owner}: y must hold classes 0..{classes - 1}.")
     module, accuracy = fit_network(arch, x, y, classes, epochs, seed)
@@ -271,13 +265,12 @@ def extract_surrogate(
         target = Oracle(load_model("mnist-cnn"), transfer("linf", 0.3, queries_total=1500))
         surrogate = extract_surrogate(target, load_dataset("mnist", "train").x[:150], rounds=3)
     """
-    from mallory.attacks.base import create
+    from mallory.attacks.base import attack_class, create
 
-    attack = create(
-        "jacobian-extraction", rounds=rounds, lam=lam, architecture=architecture, epochs=epochs
-    )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise bad_param("extract_surrogate", "seed", "an int >= 0", seed)
+    given = {"rounds": rounds, "lam": lam, "architecture": architecture, "epochs": epochs}
+    check_values("extract_surrogate", constraints(attack_class("jacobian-extraction")), given)
+    SEED.check("extract_surrogate", "seed", seed)
+    attack = create("jacobian-extraction", **given)
     surrogate: Surrogate = attack(oracle, seed_x, rng=seed).surrogate
     return surrogate
 

@@ -30,8 +30,8 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from mallory.attacks.params import integer, real
-from mallory.defenses.fields import rules_of
 from mallory.defenses.training import Recipe, stream
+from mallory.params import Interval, param
 from mallory.systems import Output
 from mallory.zoo.datasets import Dataset
 
@@ -162,8 +162,7 @@ def _adversarial_fit(
     return module
 
 
-_EPS = rules_of(real(None, low=0.0, low_open=True, help="Linf radius, in input units"))
-_SIGMA = rules_of(real(None, low=0.0, low_open=True, help="noise standard deviation"))
+_POSITIVE = Interval(low=0.0, low_open=True)  # eps and sigma: no value fits every dataset
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -189,7 +188,7 @@ class FGSMTraining(Recipe):
     name = "fgsm-training"
     paper = "Goodfellow et al., Explaining and Harnessing Adversarial Examples, ICLR 2015"
 
-    eps: float = dataclasses.field(metadata=_EPS)
+    eps: float = param(_POSITIVE, help="Linf radius, in input units")
     clean_weight: float = real(0.5, low=0.0, high=1.0, help="weight of the clean loss")
 
     def _fit(self, data: Dataset, bar: Progress) -> nn.Module:
@@ -232,7 +231,7 @@ class PGDTraining(Recipe):
     name = "pgd-training"
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, 2018"
 
-    eps: float = dataclasses.field(metadata=_EPS)
+    eps: float = param(_POSITIVE, help="Linf radius, in input units")
     steps: int = integer(10, low=1, help="PGD steps per training batch")
     step_size: float | None = real(
         None,
@@ -275,7 +274,7 @@ class GaussianNoiseTraining(Recipe):
     name = "gaussian-noise"
     paper = "Cohen et al., Certified Adversarial Robustness via Randomized Smoothing, ICML 2019"
 
-    sigma: float = dataclasses.field(metadata=_SIGMA)
+    sigma: float = param(_POSITIVE, help="noise standard deviation")
 
     def _fit(self, data: Dataset, bar: Progress) -> nn.Module:
         noise = stream(self.seed, f"{self.name}.noise")

@@ -29,9 +29,9 @@ import torch
 from scipy.stats import beta, binom, norm
 from torch import Tensor
 
-from mallory.defenses.fields import check_number, check_type
 from mallory.defenses.training import stream
 from mallory.errors import AccessError, InputError
+from mallory.params import Constraint, Instance, Interval, OrNone, Text, check_values
 from mallory.systems.base import ABSTAINED, Output, Stage, System, Verdict
 
 SURROGATE_SAMPLES = 8
@@ -47,11 +47,22 @@ class Certificate(NamedTuple):
     radius: Tensor
 
 
+SMOOTHING_PARAMS: dict[str, Constraint] = {
+    "sigma": Interval(low=0.0, low_open=True),
+    "n": Interval(low=1, integral=True),
+    "n0": Interval(low=1, integral=True),
+    "alpha": Interval(0.0, 1.0, low_open=True, high_open=True),
+    "batch": Interval(low=1, integral=True),
+    "rng": Interval(low=0, integral=True),
+    "base": Instance(System, "a mallory System"),
+    "name": OrNone(Text()),
+}
+"""The constraints of the parameters of :class:`SmoothedClassifier`, :func:`predict` and
+:func:`certify`, by name."""
+
+
 def _check_common(owner: str, *, sigma: float, n: int, alpha: float, batch: int) -> None:
-    check_number(owner, "sigma", sigma, low=0.0, low_open=True)
-    check_number(owner, "n", n, low=1, integral=True)
-    check_number(owner, "alpha", alpha, low=0.0, low_open=True, high=1.0, high_open=True)
-    check_number(owner, "batch", batch, low=1, integral=True)
+    check_values(owner, SMOOTHING_PARAMS, {"sigma": sigma, "n": n, "alpha": alpha, "batch": batch})
 
 
 def _inputs(base: System, x: object, owner: str) -> Tensor:
@@ -146,7 +157,7 @@ def predict(
     """
     base, sigma = _base_and_sigma(system, sigma, "predict")
     _check_common("predict", sigma=sigma, n=n, alpha=alpha, batch=batch)
-    check_number("predict", "rng", rng, low=0, integral=True)
+    check_values("predict", SMOOTHING_PARAMS, {"rng": rng})
     x = _inputs(base, x, "predict")
     counts = sample_counts(
         base, x, sigma=sigma, n=n, batch=batch, generator=stream(rng, "smoothing.predict")
@@ -207,8 +218,7 @@ def certify(
     """
     base, sigma = _base_and_sigma(system, sigma, "certify")
     _check_common("certify", sigma=sigma, n=n, alpha=alpha, batch=batch)
-    check_number("certify", "n0", n0, low=1, integral=True)
-    check_number("certify", "rng", rng, low=0, integral=True)
+    check_values("certify", SMOOTHING_PARAMS, {"n0": n0, "rng": rng})
     x = _inputs(base, x, "certify")
     select = stream(rng, "smoothing.certify.select")
     estimate = stream(rng, "smoothing.certify.estimate")
@@ -281,10 +291,8 @@ class SmoothedClassifier(System):
         name: str | None = None,
     ) -> None:
         owner = "SmoothedClassifier"
-        check_type(owner, "base", base, System, "a mallory System")
+        check_values(owner, SMOOTHING_PARAMS, {"base": base, "name": name})
         _check_common(owner, sigma=sigma, n=n, alpha=alpha, batch=batch)
-        if name is not None:
-            check_type(owner, "name", name, str, "a str, or None")
         self.base = base
         self.sigma = float(sigma)
         self.n = n

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mallory.defenses.fields import check_number, check_type
 from mallory.errors import InputError
 from mallory.ops import transforms
+from mallory.params import Instance, Interval, Text
 from mallory.systems.base import Bounds, Output, Stage, System, identity
 from mallory.systems.pipeline import Pipeline
 from mallory.threat import Exposure
@@ -66,17 +66,12 @@ def _images(x: Tensor, who: str) -> None:
 
 
 def _bounds(owner: str, bounds: BoundsLike) -> Bounds:
-    try:
-        return Bounds.of(bounds)
-    except InputError as error:
-        raise InputError(f"The 'bounds' parameter of {owner} is not valid: {error}") from None
+    return Bounds.of(bounds, owner=owner)
 
 
 def _name(owner: str, name: object) -> str:
-    check_type(owner, "name", name, str, "a non-empty str")
-    if not name:
-        raise InputError(f"The 'name' parameter of {owner} must be a non-empty str; got ''.")
-    return str(name)
+    checked: str = Text().check(owner, "name", name)
+    return checked
 
 
 def _detached(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -104,7 +99,7 @@ def center_crop(fraction: float = 0.8, *, name: str = "center-crop") -> Stage:
             image as it is).
     """
     owner = "center_crop"
-    check_number(owner, "fraction", fraction, low=0.0, low_open=True, high=1.0)
+    Interval(0.0, 1.0, low_open=True).check(owner, "fraction", fraction)
 
     def crop(x: Tensor) -> Tensor:
         _images(x, owner)
@@ -132,7 +127,7 @@ def bit_depth(bits: int, *, bounds: BoundsLike = (0.0, 1.0), name: str = "bit-de
         bounds: the input bounds ``(lower, upper)``, numbers or tensors (default (0, 1)).
     """
     owner = "bit_depth"
-    check_number(owner, "bits", bits, low=1, high=16, integral=True)
+    Interval(1, 16, integral=True).check(owner, "bits", bits)
     box = _bounds(owner, bounds)
     levels = 2**bits - 1
 
@@ -165,7 +160,7 @@ def jpeg_compression(
         bounds: the input bounds ``(lower, upper)`` mapped to 0..255 (default (0, 1)).
     """
     owner = "jpeg_compression"
-    check_number(owner, "quality", quality, low=1, high=100, integral=True)
+    Interval(1, 100, integral=True).check(owner, "quality", quality)
     box = _bounds(owner, bounds)
 
     def compress(x: Tensor) -> Tensor:
@@ -194,7 +189,7 @@ def median_smoothing(kernel_size: int = 3, *, name: str = "median") -> Stage:
         kernel_size: the window's side, an odd int >= 1 (default 3; 1 changes nothing).
     """
     owner = "median_smoothing"
-    check_number(owner, "kernel_size", kernel_size, low=1, integral=True, odd=True)
+    Interval(low=1, integral=True, odd=True).check(owner, "kernel_size", kernel_size)
     radius = kernel_size // 2
 
     def smooth(x: Tensor) -> Tensor:
@@ -237,7 +232,7 @@ def random_resize_pad(
         bounds: the input bounds ``(lower, upper)``; the padding takes the lower bound.
     """
     owner = "random_resize_pad"
-    check_number(owner, "min_scale", min_scale, low=0.0, low_open=True, high=1.0)
+    Interval(0.0, 1.0, low_open=True).check(owner, "min_scale", min_scale)
     box = _bounds(owner, bounds)
 
     def resize_pad(x: Tensor) -> Tensor:
@@ -298,7 +293,7 @@ def rounded_scores(decimals: int = 2, *, name: str = "rounded-scores") -> Output
         decimals: decimal places kept, an int from 0 to 8 (default 2).
     """
     owner = "rounded_scores"
-    check_number(owner, "decimals", decimals, low=0, high=8, integral=True)
+    Interval(0, 8, integral=True).check(owner, "decimals", decimals)
     factor = 10.0**decimals
 
     def rounded(p: Tensor) -> Tensor:
@@ -338,14 +333,14 @@ def defend(system: System, *stages: Stage, name: str | None = None) -> Pipeline:
     what the system and the output stages show. ``name`` defaults to
     ``"<system>+<stage>+..."``.
     """
-    check_type("defend", "system", system, System, "a mallory System")
+    Instance(System, "a mallory System").check("defend", "system", system)
     if not stages:
         raise InputError(
             "defend needs at least one stage, e.g. defend(model, bit_depth(4)); "
             "mallory.defenses.stages lists them."
         )
     for stage in stages:
-        check_type("defend", "stages", stage, Stage, "Stage values (from mallory.defenses)")
+        Instance(Stage, "Stage values (from mallory.defenses)").check("defend", "stages", stage)
     inputs = [s for s in stages if not isinstance(s, OutputStage)]
     outputs = [s for s in stages if isinstance(s, OutputStage)]
     label = name if name is not None else "+".join([system.name, *(s.name for s in stages)])

@@ -34,9 +34,9 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from mallory.attacks.params import choice, integer, real
-from mallory.defenses.fields import check_fields
 from mallory.defenses.networks import Architecture, build_network
 from mallory.errors import InputError
+from mallory.params import check_fields
 from mallory.systems import Output, TorchModel
 from mallory.zoo import cache
 from mallory.zoo.datasets import Dataset

@@ -31,28 +31,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import math
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeGuard
+from typing import IO, cast
 
 import torch
 import uvicorn
 
 from mallory.errors import InputError, bad_param
+from mallory.params import Boolean, Instance, Interval, Options, OrNone, Text, check_fields, param
 from mallory.serve.app import ServeApp, build_app
 from mallory.serve.connection import protocol_for
 from mallory.serve.limits import DEFAULT_MAX_BATCH, DEFAULT_READ_TIMEOUT, Limits
 from mallory.serve.protocol import Model
-from mallory.systems.base import System
+from mallory.systems.base import TOP_K, System
 from mallory.threat import Exposure
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "DEFAULT_READ_TIMEOUT",
+    "ServeSettings",
     "Server",
     "check_host",
     "serve",
@@ -185,19 +187,6 @@ class Server:
         self.close()
 
 
-def _count(value: Any, least: int) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _positive(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
@@ -215,70 +204,81 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _build(
-    system: System,
-    *,
-    host: str,
-    port: int,
-    exposure: Exposure | str,
-    top_k: int | None,
-    rate_limit: float | None,
-    max_batch: int,
-    max_body_bytes: int | None,
-    read_timeout: float,
-    query_log: str | Path | None,
-    allow_remote: bool,
-    dtype: torch.dtype,
-) -> Server:
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    """How :func:`serve` serves a system: where it listens, what an answer shows and the limits
+    a request meets (the arguments of :func:`serve`, described there)."""
+
+    host: str = param(Text(), "127.0.0.1", help="the address to listen on")
+    port: int = param(
+        Interval(0, 65535, integral=True, note="0: any free port"), 0, help="the port"
+    )
+    exposure: Exposure = param(
+        Options(Exposure), Exposure.SCORES, help="what an answer shows: never more"
+    )
+    top_k: int | None = param(TOP_K, None, help="classes a top-k answer shows")
+    rate_limit: float | None = param(
+        OrNone(Interval(low=0.0, low_open=True, note="requests per second")),
+        None,
+        help="requests per second per client (None: no limit)",
+    )
+    max_batch: int = param(
+        Interval(low=1, integral=True), DEFAULT_MAX_BATCH, help="inputs per request at most"
+    )
+    max_body_bytes: int | None = param(
+        OrNone(Interval(low=1, integral=True), "for room for max_batch inputs"),
+        None,
+        help="the largest request body",
+    )
+    read_timeout: float = param(
+        Interval(low=0.0, low_open=True, note="seconds"),
+        DEFAULT_READ_TIMEOUT,
+        help="seconds to send a request's head, and again its body",
+    )
+    query_log: str | Path | None = param(
+        OrNone(Instance((str, Path), "a file path")), None, help="where every request is logged"
+    )
+    allow_remote: bool = param(Boolean(), False, help="listen on a non-loopback address")
+    dtype: torch.dtype = param(
+        Instance(torch.dtype, "a torch.dtype"), torch.float32, help="the inputs' dtype"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "serve")
+        if self.exposure is not Exposure.TOP_K and self.top_k is not None:
+            raise InputError(
+                f"The 'top_k' parameter of serve is only meaningful with exposure='top-k'; got "
+                f"top_k={self.top_k!r} with exposure={self.exposure.value!r}. Drop top_k or set "
+                "exposure='top-k'."
+            )
+
+
+def _build(system: System, settings: ServeSettings) -> Server:
     owner = "serve"
     if not isinstance(system, System):
         raise InputError(
             f"serve needs a mallory System; got {type(system).__name__}. Wrap the model in one "
             "of mallory.systems (TorchModel, SklearnModel, ...)."
         )
-    try:
-        shown = Exposure(exposure)
-    except ValueError:
-        choices = ", ".join(repr(e.value) for e in Exposure)
-        raise bad_param(owner, "exposure", f"one of {choices}", exposure) from None
+    shown, top_k = settings.exposure, settings.top_k
     if shown.richness > system.exposes.richness:
         raise InputError(
             f"Cannot serve {system.name!r} with exposure {shown.value!r}: it answers with "
             f"{system.exposes.value!r} at most. Choose an exposure no richer than that."
         )
     classes = system.num_classes
-    if shown is Exposure.TOP_K:
-        if not _count(top_k, 1) or top_k > classes:
-            raise bad_param(owner, "top_k", f"an int in 1..{classes} with exposure 'top-k'", top_k)
-    elif top_k is not None:
-        raise InputError(
-            f"The 'top_k' parameter of serve is only meaningful with exposure='top-k'; got "
-            f"top_k={top_k!r} with exposure={shown.value!r}. Drop top_k or set exposure='top-k'."
-        )
-    if rate_limit is not None and not _positive(rate_limit):
-        raise bad_param(owner, "rate_limit", "requests per second > 0, or None", rate_limit)
-    if not _count(max_batch, 1):
-        raise bad_param(owner, "max_batch", "an int >= 1", max_batch)
-    if max_body_bytes is not None and not _count(max_body_bytes, 1):
-        raise bad_param(owner, "max_body_bytes", "an int >= 1, or None", max_body_bytes)
-    if not _positive(read_timeout):
-        raise bad_param(owner, "read_timeout", "seconds > 0", read_timeout)
-    if not _count(port, 0) or port > 65535:
-        raise bad_param(owner, "port", "an int in 0..65535 (0: any free port)", port)
-    check_host(host, allow_remote)
+    if shown is Exposure.TOP_K and (top_k is None or top_k > classes):
+        raise bad_param(owner, "top_k", f"an int in 1..{classes} with exposure 'top-k'", top_k)
+    host, port = settings.host, settings.port
+    check_host(host, settings.allow_remote)
+    max_batch, rate_limit, query_log = settings.max_batch, settings.rate_limit, settings.query_log
     limits = Limits.for_input(
         tuple(system.input_shape),
         max_batch=max_batch,
-        max_body_bytes=max_body_bytes,
-        read_timeout=float(read_timeout),
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout=settings.read_timeout,
     )
-    model = Model(
-        system,
-        exposure=shown,
-        top_k=top_k if shown is Exposure.TOP_K else None,
-        limits=limits,
-        dtype=dtype,
-    )
+    model = Model(system, exposure=shown, top_k=top_k, limits=limits, dtype=settings.dtype)
     listener = _listen(host, port)
     log: IO[str] | None = None
     if query_log is not None:
@@ -288,9 +288,7 @@ def _build(
         except OSError as error:
             listener.close()
             raise InputError(f"Cannot write the query log {query_log}: {error}") from None
-    app = build_app(
-        model, rate_limit=float(rate_limit) if rate_limit is not None else None, query_log=log
-    )
+    app = build_app(model, rate_limit=rate_limit, query_log=log)
     return Server(app, listener, log)
 
 
@@ -331,11 +329,10 @@ def serve(
         allow_remote: listen on a non-loopback address (anyone reaching it may query).
         dtype: the dtype of the inputs handed to ``system.forward``.
     """
-    server = _build(
-        system,
+    settings = ServeSettings(
         host=host,
         port=port,
-        exposure=exposure,
+        exposure=cast(Exposure, exposure),  # ServeSettings converts a string
         top_k=top_k,
         rate_limit=rate_limit,
         max_batch=max_batch,
@@ -345,6 +342,7 @@ def serve(
         allow_remote=allow_remote,
         dtype=dtype,
     )
+    server = _build(system, settings)
     server._start()
     return server
 
@@ -369,11 +367,10 @@ def serve_forever(
 
     ``ready`` is called with the Server once it listens (to print its URL, say).
     """
-    server = _build(
-        system,
+    settings = ServeSettings(
         host=host,
         port=port,
-        exposure=exposure,
+        exposure=cast(Exposure, exposure),  # ServeSettings converts a string
         top_k=top_k,
         rate_limit=rate_limit,
         max_batch=max_batch,
@@ -383,6 +380,7 @@ def serve_forever(
         allow_remote=allow_remote,
         dtype=dtype,
     )
+    server = _build(system, settings)
     try:
         if ready is not None:
             ready(server)

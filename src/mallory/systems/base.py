@@ -19,7 +19,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mallory.errors import AccessError, InputError
+from mallory.errors import AccessError, InputError, bad_param
+from mallory.params import (
+    Boolean,
+    Constraint,
+    Converted,
+    Instance,
+    Interval,
+    ListOf,
+    Options,
+    OrNone,
+    Text,
+    check_values,
+)
 from mallory.threat import Exposure
 
 if TYPE_CHECKING:
@@ -96,25 +108,28 @@ class Bounds:
     upper: Tensor
 
     @staticmethod
-    def of(value: Bounds | tuple[Any, Any], shape: Sequence[int] = ()) -> Bounds:
+    def of(
+        value: Bounds | tuple[Any, Any],
+        shape: Sequence[int] = (),
+        *,
+        owner: str = "Bounds.of",
+        name: str = "bounds",
+    ) -> Bounds:
+        """``value`` as Bounds that fit inputs of ``shape``; errors name the parameter
+        ``name`` of ``owner``."""
         if isinstance(value, Bounds):
             return value
-        try:
-            lower, upper = value
-        except (TypeError, ValueError):
-            raise InputError(
-                f"bounds must be a pair (lower, upper) of numbers or tensors; got {value!r}."
-            ) from None
-        lo = torch.as_tensor(lower, dtype=torch.float64)
-        hi = torch.as_tensor(upper, dtype=torch.float64)
-        if not bool(torch.all(lo < hi)):
-            raise InputError(f"bounds need lower < upper everywhere; got ({lower!r}, {upper!r}).")
-        if not (_broadcasts(lo.shape, shape) and _broadcasts(hi.shape, shape)):
-            raise InputError(
-                f"bounds of shape {tuple(lo.shape)} and {tuple(hi.shape)} do not fit inputs of "
-                f"shape {tuple(shape)}."
+        box: Bounds = BOUNDS.check(owner, name, value)
+        if not (_broadcasts(box.lower.shape, shape) and _broadcasts(box.upper.shape, shape)):
+            raise bad_param(
+                owner,
+                name,
+                f"bounds that fit inputs of shape {tuple(shape)}",
+                value,
+                reason=f"lower and upper of shapes {tuple(box.lower.shape)} and "
+                f"{tuple(box.upper.shape)} do not fit",
             )
-        return Bounds(lo, hi)
+        return box
 
     def on(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds with the dtype and device of ``x``."""
@@ -139,6 +154,61 @@ class Bounds:
             return float(t) if t.numel() == 1 else t.tolist()
 
         return {"lower": scalar(self.lower), "upper": scalar(self.upper)}
+
+
+def _as_bounds(value: Any) -> Bounds:
+    """Bounds from a pair (lower, upper) of numbers or tensors; ValueError when it is not one
+    with lower < upper everywhere."""
+    if isinstance(value, Bounds):
+        return value
+    if isinstance(value, str | bytes):
+        raise ValueError("not a pair")
+    lower, upper = value
+    try:
+        lo = torch.as_tensor(lower, dtype=torch.float64)
+        hi = torch.as_tensor(upper, dtype=torch.float64)
+        ordered = bool(torch.all(lo < hi))
+    except RuntimeError:  # not numbers, or shapes that do not broadcast
+        raise ValueError("not numbers") from None
+    if not ordered:
+        raise ValueError("lower >= upper")
+    return Bounds(lo, hi)
+
+
+# ------------------------------------------------------------------ constructor parameters
+INPUT_SHAPE: Constraint = ListOf(Interval(low=1, integral=True), nonempty=True)
+"""A system's ``input_shape``: the shape of one input, without the batch dimension."""
+NUM_CLASSES: Constraint = Interval(low=2, integral=True)
+BOUNDS: Constraint = Converted(
+    Instance(Bounds, "a Bounds"),
+    _as_bounds,
+    "a pair (lower, upper) of numbers or tensors with lower < upper everywhere, or a Bounds",
+)
+OUTPUT: Constraint = Options(Output)
+EXPOSES: Constraint = Options(Exposure)
+TOP_K: Constraint = OrNone(Interval(low=1, integral=True))
+REFUSAL_LABEL: Constraint = OrNone(Interval(low=0, integral=True))
+DETERMINISTIC: Constraint = Boolean()
+NAME: Constraint = Text()
+SYSTEM_PARAMS: dict[str, Constraint] = {
+    "input_shape": INPUT_SHAPE,
+    "num_classes": NUM_CLASSES,
+    "bounds": BOUNDS,
+    "output": OUTPUT,
+    "exposes": EXPOSES,
+    "top_k": TOP_K,
+    "refusal_label": REFUSAL_LABEL,
+    "deterministic": DETERMINISTIC,
+    "differentiable": Boolean(),
+    "name": NAME,
+}
+"""The constraint of every constructor parameter that systems share, by name: each adapter
+checks the ones it takes with :func:`check_system_params` (the generated tests read them)."""
+
+
+def check_system_params(owner: str, **values: Any) -> dict[str, Any]:
+    """``values`` (constructor arguments named as in :data:`SYSTEM_PARAMS`) as stored."""
+    return check_values(owner, SYSTEM_PARAMS, values)
 
 
 def _broadcasts(small: Sequence[int], shape: Sequence[int]) -> bool:
@@ -176,43 +246,41 @@ class System:
         refusal_label: int | None = None,
         policies: Sequence[Policy] = (),
     ) -> None:
+        owner = type(self).__name__
         if not stages:
             raise InputError("A System needs at least one stage.")
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise InputError(f"Stage names of a System must be unique; got {names}.")
-        shape = tuple(int(d) for d in input_shape)
-        if not shape or any(d < 1 for d in shape):
-            raise InputError(f"input_shape must be positive sizes; got {tuple(input_shape)!r}.")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise InputError(f"num_classes must be an int >= 2; got {num_classes!r}.")
+        given = check_system_params(
+            owner,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            output=output,
+            name=name,
+            exposes=exposes,
+            top_k=top_k,
+            refusal_label=refusal_label,
+        )
+        shape: tuple[int, ...] = given["input_shape"]
         self.stages: tuple[Stage, ...] = tuple(stages)
         self.input_shape = shape
-        self.bounds = Bounds.of(bounds, shape)
-        self.num_classes = num_classes
-        self.output = Output(output)
+        self.bounds = Bounds.of(bounds, shape, owner=owner)
+        self.num_classes: int = given["num_classes"]
+        self.output: Output = given["output"]
         self.class_names = (
             tuple(str(c) for c in class_names)
             if class_names is not None
-            else tuple(str(i) for i in range(num_classes))
+            else tuple(str(i) for i in range(self.num_classes))
         )
-        if len(self.class_names) != num_classes:
+        if len(self.class_names) != self.num_classes:
             raise InputError(
-                f"class_names has {len(self.class_names)} names for {num_classes} classes."
+                f"class_names has {len(self.class_names)} names for {self.num_classes} classes."
             )
-        self.name = name
-        self.exposes = Exposure(exposes)
-        self.top_k = top_k  # how many scores a top-k system shows
-        if refusal_label is not None and (
-            isinstance(refusal_label, bool)
-            or not isinstance(refusal_label, int)
-            or not 0 <= refusal_label < num_classes
-        ):
-            raise InputError(
-                f"refusal_label must be a class index 0..{num_classes - 1}, or None; got "
-                f"{refusal_label!r}."
-            )
-        self.refusal_label = refusal_label
+        self.name: str = given["name"]
+        self.exposes: Exposure = given["exposes"]
+        self.top_k: int | None = given["top_k"]  # how many scores a top-k system shows
+        self.refusal_label: int | None = _refusal_label(owner, refusal_label, self.num_classes)
         self.policies: tuple[Policy, ...] = tuple(policies)
 
     def with_policies(self, *policies: Policy, refusal_label: int | None = None) -> System:
@@ -221,16 +289,9 @@ class System:
         clone = copy.copy(self)
         clone.policies = (*self.policies, *policies)
         if refusal_label is not None:
-            if (
-                isinstance(refusal_label, bool)
-                or not isinstance(refusal_label, int)
-                or not 0 <= refusal_label < self.num_classes
-            ):
-                raise InputError(
-                    f"refusal_label must be a class index 0..{self.num_classes - 1}; got "
-                    f"{refusal_label!r}."
-                )
-            clone.refusal_label = refusal_label
+            clone.refusal_label = _refusal_label(
+                f"{type(self).__name__}.with_policies", refusal_label, self.num_classes
+            )
         return clone
 
     def randomized(self) -> System:
@@ -341,6 +402,15 @@ class System:
                 f"it has: {', '.join(known)}."
             )
         yield
+
+
+def _refusal_label(owner: str, label: object, num_classes: int) -> int | None:
+    value: int | None = REFUSAL_LABEL.check(owner, "refusal_label", label)
+    if value is not None and value >= num_classes:
+        raise bad_param(
+            owner, "refusal_label", f"a class index 0..{num_classes - 1}, or None", label
+        )
+    return value
 
 
 def _values(out: Tensor | Verdict) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mallory.systems.base import Bounds, Output, Stage, System
+from mallory.systems.base import Bounds, Output, Stage, System, check_system_params
 from mallory.threat import Exposure
 
 
@@ -34,11 +34,14 @@ class CallableModel(System):
         name: str = "callable",
         exposes: Exposure | str = Exposure.LOGITS,
     ) -> None:
+        given = check_system_params(
+            type(self).__name__, differentiable=differentiable, deterministic=deterministic
+        )
         stage = Stage(
             name="model",
             fn=fn,
-            differentiable=differentiable,
-            deterministic=deterministic,
+            differentiable=given["differentiable"],
+            deterministic=given["deterministic"],
             surrogate=None,
         )
         super().__init__(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mallory.errors import InputError, SystemFailure
-from mallory.systems.base import Bounds, Output, Stage, System
+from mallory.systems.base import INPUT_SHAPE, NAME, Bounds, Output, Stage, System
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -69,6 +69,11 @@ class OnnxModel(System):
         class_names: Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
+        owner = type(self).__name__
+        if input_shape is not None:
+            input_shape = INPUT_SHAPE.check(owner, "input_shape", input_shape)
+        if name is not None:
+            name = NAME.check(owner, "name", name)
         try:
             import onnxruntime  # type: ignore[import-untyped, import-not-found, unused-ignore]
         except ImportError:

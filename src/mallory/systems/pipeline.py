@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mallory.errors import InputError, bad_param
-from mallory.systems.base import Bounds, Stage, System
+from mallory.params import OrNone
+from mallory.systems.base import EXPOSES, TOP_K, Bounds, Stage, System
 from mallory.threat import Exposure
 
 
@@ -78,15 +79,14 @@ def _exposure(
     model: System, exposes: Exposure | str | None, top_k: int | None
 ) -> tuple[Exposure, int | None]:
     """The exposure a pipeline declares: the last system's, or a poorer one given."""
-    if exposes is None:
+    owner = "Pipeline"
+    declared: Exposure | None = OrNone(EXPOSES).check(owner, "exposes", exposes)
+    top_k = TOP_K.check(owner, "top_k", top_k)
+    if declared is None:
         if top_k is not None:
-            raise bad_param("Pipeline", "top_k", "None unless exposes='top-k' is given", top_k)
+            raise bad_param(owner, "top_k", "None unless exposes='top-k' is given", top_k)
         return model.exposes, model.top_k
-    try:
-        shown = Exposure(exposes)
-    except ValueError:
-        choices = ", ".join(repr(e.value) for e in Exposure)
-        raise bad_param("Pipeline", "exposes", f"one of {choices}, or None", exposes) from None
+    shown = declared
     if shown.richness > model.exposes.richness:
         raise bad_param(
             "Pipeline",
@@ -98,8 +98,8 @@ def _exposure(
         if top_k is not None:
             raise bad_param("Pipeline", "top_k", "None unless exposes='top-k'", top_k)
         return shown, None
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise bad_param("Pipeline", "top_k", "an int >= 1 with exposes='top-k'", top_k)
+    if top_k is None:
+        raise bad_param(owner, "top_k", "an int >= 1 with exposes='top-k'", top_k)
     if model.exposes is Exposure.TOP_K and model.top_k is not None and top_k > model.top_k:
         raise bad_param(
             "Pipeline", "top_k", f"at most the {model.top_k} scores its last system shows", top_k

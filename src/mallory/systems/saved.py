@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mallory.errors import InputError
-from mallory.systems.base import Bounds, Output, System
+from mallory.systems.base import DETERMINISTIC, INPUT_SHAPE, NAME, OUTPUT, Bounds, Output, System
 from mallory.systems.onnx import OnnxModel, in_fixed_batches
 from mallory.systems.sklearn import SklearnModel
 from mallory.systems.torch import TorchModel
@@ -59,8 +59,13 @@ def load_saved(
     differently (the judge then votes over draws). Pickles run code when loaded: load only
     files you trust.
     """
-    if not isinstance(deterministic, bool):
-        raise InputError(f"deterministic must be True or False; got {deterministic!r}.")
+    owner = "load_saved"
+    deterministic = DETERMINISTIC.check(owner, "deterministic", deterministic)
+    output = OUTPUT.check(owner, "output", output)
+    if input_shape is not None:
+        input_shape = INPUT_SHAPE.check(owner, "input_shape", input_shape)
+    if name is not None:
+        name = NAME.check(owner, "name", name)
     system = _load(path, input_shape, bounds, output=output, name=name)
     return system if deterministic else system.randomized()
 

@@ -10,7 +10,11 @@ import torch
 from torch import Tensor
 
 from mallory.errors import InputError, SystemFailure
+from mallory.params import Options
 from mallory.systems.base import Bounds, Output, Stage, System
+
+METHOD = Options(("auto", "predict_proba", "decision_function"))
+"""What :class:`SklearnModel` asks the estimator for (``"auto"``: predict_proba if it has one)."""
 
 
 class SklearnModel(System):
@@ -36,13 +40,9 @@ class SklearnModel(System):
         class_names: Sequence[str] | None = None,
         name: str = "sklearn-model",
     ) -> None:
+        method = METHOD.check(type(self).__name__, "method", method)
         if method == "auto":
             method = "predict_proba" if hasattr(estimator, "predict_proba") else "decision_function"
-        if method not in ("predict_proba", "decision_function"):
-            raise InputError(
-                "The 'method' parameter of SklearnModel must be 'auto', 'predict_proba' or "
-                f"'decision_function'; got {method!r} instead."
-            )
         if not hasattr(estimator, method):
             raise InputError(
                 f"SklearnModel needs an estimator with {method}(); {type(estimator).__name__} has "

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mallory.errors import InputError
-from mallory.systems.base import Bounds, Output, Stage, System
+from mallory.systems.base import Bounds, Output, Stage, System, check_system_params
 
 
 class TorchModel(System):
@@ -42,6 +42,10 @@ class TorchModel(System):
     ) -> None:
         if not isinstance(module, nn.Module):
             raise InputError(f"TorchModel needs a torch.nn.Module; got {type(module).__name__}.")
+        given = check_system_params(
+            type(self).__name__, input_shape=input_shape, deterministic=deterministic
+        )
+        input_shape = given["input_shape"]
         module.eval()
         self.module = module
         param = next(iter(module.parameters()), None)
@@ -54,8 +58,6 @@ class TorchModel(System):
         stages = []
         if preprocess is not None:
             stages.append(Stage(name="preprocess", fn=preprocess))
-        if not isinstance(deterministic, bool):
-            raise InputError(f"deterministic must be True or False; got {deterministic!r}.")
         stages.append(Stage(name="model", fn=run, deterministic=deterministic))
         if num_classes is None:
             probe = torch.zeros((1, *input_shape), dtype=dtype, device=device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -16,8 +16,9 @@ from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.evasion.fgsm import steepest_step
 from mallory.attacks.evasion.losses import cross_entropy, dlr, reached
 from mallory.attacks.noise import Noise
-from mallory.attacks.params import Rule, flag, integer, real
+from mallory.attacks.params import flag, integer, real
 from mallory.errors import InputError
+from mallory.params import Options, OrNone, param
 from mallory.threat import Goal, Norm
 from mallory.threat.perturbation import project
 
@@ -122,24 +123,11 @@ class StepSchedule:
 
 
 def _loss_field() -> Any:
-    names = ", ".join(repr(m.value) for m in APGDLoss)
-
-    def convert(v: Any) -> Any:
-        return v if isinstance(v, APGDLoss) else APGDLoss(v)
-
-    rule = Rule(
-        f"one of {names}, or None",
-        lambda v: isinstance(v, APGDLoss),
-        convert,
-        optional=True,
-    )
-    return field(
-        default=None,
-        metadata={
-            "rule": rule,
-            "help": "loss to ascend: 'ce', 'dlr' or 'dlr-targeted' (None: 'ce' when "
-            "untargeted, 'dlr-targeted' when targeted)",
-        },
+    return param(
+        OrNone(Options(APGDLoss)),
+        None,
+        help="loss to ascend: 'ce', 'dlr' or 'dlr-targeted' (None: 'ce' when "
+        "untargeted, 'dlr-targeted' when targeted)",
     )
 
 

@@ -8,7 +8,7 @@ the cheapest evidence that the system breaks without any knowledge of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from mallory.attacks.evasion.natural import (
 )
 from mallory.attacks.evasion.tabular import FeatureEdit
 from mallory.attacks.noise import Noise
-from mallory.attacks.params import Rule
+from mallory.params import Names, param
 
 # In cost order with the default settings (queries per sample at most), cheapest first.
 IMAGE_TRICKS: tuple[type[Trick], ...] = (
@@ -50,22 +50,12 @@ TABULAR_TRICKS: tuple[type[Trick], ...] = (FeatureEdit,)
 TRICKS = {cls.name: cls for cls in IMAGE_TRICKS + TABULAR_TRICKS}
 
 
+TRICK_NAMES = Names(tuple(TRICKS), what="tricks")
+
+
 def parse_tricks(text: object) -> tuple[str, ...] | None:
     """The trick names in a ``tricks`` parameter (empty for ``"all"``); None when invalid."""
-    if not isinstance(text, str):
-        return None
-    if text.strip() == "all":
-        return ()
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
-    if not names or any(name not in TRICKS for name in names):
-        return None
-    return names
-
-
-_TRICKS_RULE = Rule(
-    "'all' or a comma-separated list of tricks among " + ", ".join(TRICKS),
-    lambda value: parse_tricks(value) is not None,
-)
+    return TRICK_NAMES.parse(text)
 
 
 @register("cheap")
@@ -106,12 +96,10 @@ class CheapBattery(EvasionAttack):
     minimizes = True
     paper = APRUZZESE
 
-    tricks: str = field(
-        default="all",
-        metadata={
-            "rule": _TRICKS_RULE,
-            "help": "'all' or a comma-separated list of trick names (run in cost order)",
-        },
+    tricks: str = param(
+        TRICK_NAMES,
+        "all",
+        help="'all' or a comma-separated list of trick names (run in cost order)",
     )
 
     def chosen(self, input_shape: tuple[int, ...]) -> list[Trick]:

@@ -7,7 +7,6 @@ wrapper does): the inner attack runs unchanged against a view of the oracle whos
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,8 +21,9 @@ from mallory.attacks.base import create, register
 from mallory.attacks.evasion import pgd as _pgd  # noqa: F401  (registers "pgd", the default inner attack)
 from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.noise import Noise
-from mallory.attacks.params import Rule, choice, integer, real
+from mallory.attacks.params import choice, integer, real
 from mallory.errors import InputError
+from mallory.params import Converted, Instance, param
 
 
 class Method(StrEnum):
@@ -68,12 +68,12 @@ def _as_attack(value: Any) -> Any:
 
 
 def _inner_attack(default: str, *, help: str) -> Any:
-    rule = Rule(
-        "a gradient attack: an Attack instance, a registered name, or {'name': ..., **params}",
-        lambda v: isinstance(v, EvasionAttack),
+    rule = Converted(
+        Instance(EvasionAttack, "an evasion attack"),
         _as_attack,
+        "a gradient attack: an Attack instance, a registered name, or {'name': ..., **params}",
     )
-    return dataclasses.field(default=default, metadata={"rule": rule, "help": help})
+    return param(rule, default, help=help)
 
 
 @register("nes")

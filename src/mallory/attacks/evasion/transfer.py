@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,9 +13,10 @@ from mallory.access.view import OracleView
 from mallory.attacks.base import Need, create, list_attacks, register
 from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.noise import Noise
-from mallory.attacks.params import Rule, flag
+from mallory.attacks.params import flag
 from mallory.attacks.surrogate import Surrogate, fits, surrogate_oracle, train_surrogate
 from mallory.errors import InputError
+from mallory.params import Converted, Instance, OrNone, param
 from mallory.threat import Goal, Norm
 
 NO_SURROGATE = (
@@ -26,43 +27,37 @@ NO_SURROGATE = (
 )
 
 
-def _is_surrogate(value: Any) -> bool:
-    return isinstance(value, Surrogate)
-
-
 def _inner_attack(value: Any) -> Any:
     """None (PGD), a registered name, ``{"name": ..., "params": {...}}`` or an Attack."""
     if value is None or isinstance(value, str | dict):
         import mallory.attacks.evasion.pgd  # noqa: F401  (registers pgd, a common inner attack)
 
     if value is None:
-        return create("pgd")
-    if isinstance(value, str):
-        # an unknown name is left for the rule to refuse, in the one message form
-        return create(value) if value in list_attacks() else value
-    if isinstance(value, dict) and set(value) <= {"name", "params"} and "name" in value:
-        return create(value["name"], **value.get("params", {}))
+        value = create("pgd")
+    elif isinstance(value, str):
+        # an unknown name is left for the constraint to refuse, in the one message form
+        value = create(value) if value in list_attacks() else value
+    elif isinstance(value, dict) and set(value) <= {"name", "params"} and "name" in value:
+        value = create(value["name"], **value.get("params", {}))
+    if isinstance(value, Transfer):
+        raise TypeError("a transfer attack cannot run on a surrogate")  # refused in one form
     return value
 
 
-def _is_inner_attack(value: Any) -> bool:
-    return isinstance(value, EvasionAttack) and not isinstance(value, Transfer)
-
-
 def _surrogate_field() -> Any:
-    rule = Rule("a mallory.attacks.surrogate.Surrogate, or None", _is_surrogate, optional=True)
+    rule = OrNone(Instance(Surrogate, "a mallory.attacks.surrogate.Surrogate"))
     help = "the attacker's own model (train_surrogate / extract_surrogate); required to run"
-    return field(default=None, metadata={"rule": rule, "help": help})
+    return param(rule, None, help=help)
 
 
 def _attack_field() -> Any:
-    rule = Rule(
-        "an Attack, a registered attack name, or {'name': ..., 'params': {...}} (None: pgd)",
-        _is_inner_attack,
+    rule = Converted(
+        Instance(EvasionAttack, "an evasion attack"),
         _inner_attack,
+        "an Attack, a registered attack name, or {'name': ..., 'params': {...}} (None: pgd)",
     )
     help = "the white-box attack run on the surrogate (default: pgd)"
-    return field(default=None, metadata={"rule": rule, "help": help})
+    return param(rule, None, help=help)
 
 
 @register("transfer")

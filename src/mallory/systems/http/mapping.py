@@ -30,11 +30,29 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mallory.errors import InputError, bad_param
+from mallory.params import (
+    Converted,
+    Interval,
+    Options,
+    OrNone,
+    PairsOf,
+    Text,
+    check_fields,
+    param,
+)
 from mallory.systems.http.answers import Malformed, Slot
 
 PLACEHOLDERS = ("$inputs", "$rows", "$data", "$shape", "$n")
 BATCH_PLACEHOLDERS = ("$inputs", "$rows", "$data")
 METHODS = ("POST", "PUT")
+HEADERS_TEXT = "a mapping of header names to strings"
+
+
+def _upper(value: Any) -> Any:
+    """A method name in capitals (others are left for the constraint to refuse)."""
+    return value.upper() if isinstance(value, str) else value
+
+
 _STAR = object()
 _TOKEN = re.compile(r"\[(\*|\d+)\]|([^.\[\]]+)")
 
@@ -131,27 +149,32 @@ class HttpMapping:
     the label; both: the top k.
     """
 
-    path: str
+    path: str = param(Text(), help="where to send a batch, e.g. '/v1/classify'")
     request: Any = field(default_factory=lambda: {"inputs": "$inputs"})
-    method: str = "POST"
-    scores: str | None = None
-    labels: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    token_env: str | None = None
-    token_header: str = "Authorization"
-    token_prefix: str = "Bearer "
-    batch_size: int | None = None
+    method: str = param(Converted(Options(METHODS), _upper), "POST", help="the HTTP method")
+    scores: str | None = param(OrNone(Text()), None, help="where the answer keeps the scores")
+    labels: str | None = param(OrNone(Text()), None, help="where the answer keeps the labels")
+    headers: Mapping[str, str] = param(
+        PairsOf(Text(blank=True), Text(blank=True), HEADERS_TEXT, as_dict=True),
+        default_factory=dict,
+        help="extra request headers",
+    )
+    token_env: str | None = param(
+        OrNone(Text()), None, help="the environment variable holding an API token"
+    )
+    token_header: str = param(Text(), "Authorization", help="the header of the token")
+    token_prefix: str = param(Text(blank=True), "Bearer ", help="what precedes the token")
+    batch_size: int | None = param(
+        OrNone(Interval(low=1, integral=True)), None, help="inputs per request"
+    )
 
     def __post_init__(self) -> None:
         owner = "HttpMapping"
-        if not isinstance(self.path, str) or not self.path.startswith("/"):
+        check_fields(self)
+        if not self.path.startswith("/"):
             raise bad_param(
                 owner, "path", "a path that starts with '/', e.g. '/v1/classify'", self.path
             )
-        method = self.method.upper() if isinstance(self.method, str) else self.method
-        if method not in METHODS:
-            raise bad_param(owner, "method", f"one of {', '.join(METHODS)}", self.method)
-        object.__setattr__(self, "method", method)
         found = _placeholders(self.request)
         if not found & set(BATCH_PLACEHOLDERS):
             raise bad_param(
@@ -169,28 +192,6 @@ class HttpMapping:
             value = getattr(self, name)
             if value is not None:
                 parse_path(value, owner, name)
-        if not isinstance(self.headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
-        ):
-            raise bad_param(owner, "headers", "a mapping of header names to strings", self.headers)
-        object.__setattr__(self, "headers", dict(self.headers))
-        if self.token_env is not None and (
-            not isinstance(self.token_env, str) or not self.token_env
-        ):
-            raise bad_param(
-                owner, "token_env", "the name of an environment variable, or None", self.token_env
-            )
-        for name in ("token_header", "token_prefix"):
-            if not isinstance(getattr(self, name), str):
-                raise bad_param(owner, name, "a string", getattr(self, name))
-        if not self.token_header:
-            raise bad_param(owner, "token_header", "a header name", self.token_header)
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or self.batch_size < 1
-        ):
-            raise bad_param(owner, "batch_size", "an int >= 1, or None", self.batch_size)
 
     @property
     def steps(self) -> dict[str, tuple[Any, ...]]:

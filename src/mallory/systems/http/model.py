@@ -12,10 +12,30 @@ import torch
 from torch import Tensor
 
 from mallory.errors import InputError, bad_param
-from mallory.systems.base import Bounds, Output, Stage, System
+from mallory.params import (
+    Constraint,
+    Interval,
+    ListOf,
+    Options,
+    OrNone,
+    PairsOf,
+    Text,
+    check_values,
+)
+from mallory.systems.base import (
+    EXPOSES,
+    INPUT_SHAPE,
+    NAME,
+    NUM_CLASSES,
+    TOP_K,
+    Bounds,
+    Output,
+    Stage,
+    System,
+)
 from mallory.systems.http.answers import Inputs, as_rows
 from mallory.systems.http.client import Client, Transport, base_url
-from mallory.systems.http.mapping import HttpMapping
+from mallory.systems.http.mapping import HEADERS_TEXT, HttpMapping
 from mallory.systems.http.protocols import (
     Codec,
     Described,
@@ -25,7 +45,6 @@ from mallory.systems.http.protocols import (
     MlflowCodec,
     TfServingCodec,
     V2Codec,
-    positive,
 )
 from mallory.threat import Exposure
 
@@ -154,11 +173,7 @@ class HttpModel(System):
             "token_env": token_env,
         }
         self.url = base_url(url)
-        try:
-            self.protocol = HttpProtocol(protocol)
-        except ValueError:
-            choices = ", ".join(repr(p.value) for p in HttpProtocol)
-            raise bad_param(owner, "protocol", f"one of {choices}", protocol) from None
+        self.protocol = HTTP_PARAMS["protocol"].check(owner, "protocol", protocol)
         for option, protocols in _OPTIONS.items():
             if self._config[option] is not None and self.protocol not in protocols:
                 takes = " and ".join(p.value for p in protocols)
@@ -166,13 +181,17 @@ class HttpModel(System):
                     f"The {option!r} parameter of HttpModel is for protocol {takes}; the "
                     f"protocol is {self.protocol.value!r}. Drop {option}, or pick that protocol."
                 )
-        declared = _exposure(exposes)
-        _check_numbers(timeout, connect_timeout, retries, retry_budget, backoff, rate_limit)
-        for option, value, least in (("top_k", top_k, 1), ("num_classes", num_classes, 2)):
-            if value is not None and not _count(value, least):
-                raise bad_param(owner, option, f"an int >= {least}, or None", value)
-        if batch_size is not None and not _count(batch_size, 1):
-            raise bad_param(owner, "batch_size", "an int >= 1, or None", batch_size)
+        given = check_values(
+            owner,
+            HTTP_PARAMS,
+            {key: self._config[key] for key in HTTP_PARAMS if key != "protocol"},
+        )
+        declared: Exposure | None = given["exposes"]
+        input_shape, batch_size, headers = (
+            given["input_shape"],
+            given["batch_size"],
+            given["headers"],
+        )
         if isinstance(mapping, Mapping):
             mapping = HttpMapping.from_dict(mapping)
             self._config["mapping"] = mapping
@@ -182,7 +201,7 @@ class HttpModel(System):
             )
         codec = self._codec(model_name, mapping, input_name, output_name, columns, top_k)
 
-        request_headers = dict(_headers(headers))
+        request_headers = dict(headers or {})
         if token_env is not None:
             request_headers["Authorization"] = "Bearer " + _token(token_env)
         if mapping is not None:
@@ -310,9 +329,6 @@ class HttpModel(System):
                 f"the model's name for protocol {protocol.value!r}",
                 model_name,
             )
-        for option, value in (("input_name", input_name), ("output_name", output_name)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise bad_param("HttpModel", option, "a tensor's name, or None", value)
         if protocol is HttpProtocol.TF_SERVING:
             assert model_name is not None
             return TfServingCodec(model_name.strip("/"))
@@ -320,10 +336,6 @@ class HttpModel(System):
             assert model_name is not None
             return V2Codec(model_name.strip("/"), input_name, output_name, top_k)
         if protocol is HttpProtocol.MLFLOW:
-            if columns is not None and (
-                isinstance(columns, str) or not all(isinstance(c, str) for c in columns)
-            ):
-                raise bad_param("HttpModel", "columns", "a list of feature names, or None", columns)
             return MlflowCodec(None if columns is None else list(columns))
         if protocol is HttpProtocol.MAPPING:
             assert mapping is not None
@@ -362,14 +374,7 @@ class HttpModel(System):
     ) -> tuple[int, ...] | None:
         if given is None:
             return said
-        try:
-            shape = tuple(int(d) for d in given)
-        except (TypeError, ValueError):
-            raise bad_param(
-                "HttpModel", "input_shape", "a sequence of positive ints", given
-            ) from None
-        if not shape or any(d < 1 for d in shape):
-            raise bad_param("HttpModel", "input_shape", "a sequence of positive ints", given)
+        shape = tuple(given)
         if said is not None and math.prod(shape) != math.prod(said):
             raise InputError(
                 f"input_shape {shape} has {math.prod(shape)} features, but the API at "
@@ -501,47 +506,31 @@ KEYS = (
 """The keys of :meth:`HttpModel.from_dict` (its keyword arguments but the transport)."""
 
 
-def _exposure(value: Exposure | str | None) -> Exposure | None:
-    if value is None:
-        return None
-    try:
-        return Exposure(value)
-    except ValueError:
-        choices = ", ".join(repr(e.value) for e in Exposure)
-        raise bad_param("HttpModel", "exposes", f"one of {choices}, or None", value) from None
-
-
-def _check_numbers(
-    timeout: Any, connect: Any, retries: Any, budget: Any, backoff: Any, rate: Any
-) -> None:
-    owner = "HttpModel"
-    if not positive(timeout):
-        raise bad_param(owner, "timeout", "a number of seconds > 0", timeout)
-    if not positive(connect):
-        raise bad_param(owner, "connect_timeout", "a number of seconds > 0", connect)
-    if not _count(retries, 0):
-        raise bad_param(owner, "retries", "an int >= 0", retries)
-    if budget is not None and not _count(budget, 0):
-        raise bad_param(owner, "retry_budget", "an int >= 0, or None for no limit", budget)
-    if not (positive(backoff) or backoff == 0) or isinstance(backoff, bool):
-        raise bad_param(owner, "backoff", "a number of seconds >= 0", backoff)
-    if rate is not None and not positive(rate):
-        raise bad_param(owner, "rate_limit", "requests per second > 0, or None", rate)
-
-
-def _headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise bad_param("HttpModel", "headers", "a mapping of header names to strings", headers)
-    return headers
+HTTP_PARAMS: dict[str, Constraint] = {
+    "protocol": Options(HttpProtocol),
+    "exposes": OrNone(EXPOSES),
+    "top_k": TOP_K,
+    "input_shape": OrNone(INPUT_SHAPE),
+    "num_classes": OrNone(NUM_CLASSES),
+    "name": OrNone(NAME),
+    "input_name": OrNone(Text(), "for the metadata's (a tensor's name)"),
+    "output_name": OrNone(Text(), "for the metadata's (a tensor's name)"),
+    "columns": OrNone(ListOf(Text(), text="a list of feature names")),
+    "batch_size": OrNone(Interval(low=1, integral=True)),
+    "timeout": Interval(low=0, low_open=True, note="seconds"),
+    "connect_timeout": Interval(low=0, low_open=True, note="seconds"),
+    "retries": Interval(low=0, integral=True),
+    "retry_budget": OrNone(Interval(low=0, integral=True), "for no limit"),
+    "backoff": Interval(low=0, note="seconds"),
+    "rate_limit": OrNone(Interval(low=0, low_open=True, note="requests per second")),
+    "headers": OrNone(PairsOf(Text(blank=True), Text(blank=True), HEADERS_TEXT, as_dict=True)),
+    "token_env": OrNone(Text(), "(the name of an environment variable holding a token)"),
+}
+"""The constraint of each plain option of :class:`HttpModel` (the system's shared ones among
+them); which options a protocol takes, and the mapping, are checked in code."""
 
 
 def _token(variable: str) -> str:
-    if not isinstance(variable, str) or not variable:
-        raise bad_param("HttpModel", "token_env", "the name of an environment variable", variable)
     token = os.environ.get(variable, "")
     if not token:
         raise InputError(
@@ -553,7 +542,3 @@ def _token(variable: str) -> str:
 
 def _tensor(value: Any) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64)
-
-
-def _count(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
