@@ -478,7 +478,7 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
     (
         "bad parameter",
         _set("threat.0.attacks.1", {"name": "pgd", "steps": 0}),
-        ["threat[0].attacks[1].steps", "'steps' parameter of PGD must be an int >= 1"],
+        ["threat[0].attacks[1].steps", "must be an integer >= 1", "got an integer (0)"],
     ),
     (
         "bad choice parameter",

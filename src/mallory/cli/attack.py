@@ -25,17 +25,16 @@ from mallory.errors import MalloryError
 from mallory.systems.base import System
 from mallory.systems.http import HttpModel, HttpProtocol
 from mallory.threat import PRESETS, Exposure, Goal, Norm, ThreatModel
+from mallory.threat.model import PRESET
 
 if TYPE_CHECKING:
     from mallory.zoo.datasets import Dataset, DatasetSpec
 
 
-class Preset(StrEnum):
-    white_box = "white-box"
-    score_based = "score-based"
-    label_only = "label-only"
-    transfer = "transfer"
-    no_knowledge = "no-knowledge"
+if TYPE_CHECKING:
+    Preset = StrEnum
+else:
+    Preset = PRESET.as_enum("Preset")  # the --threat choices: the presets' names
 
 
 _PRESET_FOR_ACCESS = {

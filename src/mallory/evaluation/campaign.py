@@ -27,7 +27,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,10 @@ from mallory.attacks.base import REGISTRY, Kind, Need, attack_class, create
 from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.extraction.base import ExtractionAttack
 from mallory.attacks.surrogate import Surrogate
-from mallory.errors import AccessError, InputError, SystemFailure
+from mallory.errors import AccessError, InputError, SystemFailure, bad_param
 from mallory.evaluation.budget import shares as budget_shares
 from mallory.jsonable import plain
+from mallory.params import Boolean, Instance, Interval, ListOf, OrNone, Text, check_fields, param
 from mallory.report.model import Report
 from mallory.store import Outcomes, Samples, Store, Unit, load_object, save_object
 from mallory.systems.base import System
@@ -51,6 +52,9 @@ from mallory.threat import Goal, Knowledge, Targets, ThreatModel
 from mallory.zoo.datasets import Dataset
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+SHARE = Interval(0.0, 1.0, note="a fraction of the per-sample budget")
+"""An attack's share of the per-sample query budget."""
 
 # flags about the system itself: kept once per run, not with every unit
 RUN_FLAGS = {
@@ -150,51 +154,51 @@ class ThreatPlan:
     that need one, through this threat model's oracle.
     """
 
-    threat: ThreatModel
-    attacks: tuple[EvasionAttack, ...]
-    grid: bool = False
-    shares: tuple[float | None, ...] | None = None
-    extraction: Extraction | None = None
+    threat: ThreatModel = param(Instance(ThreatModel, "a ThreatModel"), help="the threat model")
+    attacks: tuple[EvasionAttack, ...] = param(
+        ListOf(
+            Instance(EvasionAttack, "an evasion attack"),
+            nonempty=True,
+            text="a non-empty sequence of evasion attacks (mallory.create(name, ...))",
+        ),
+        help="the attacks it allows",
+    )
+    grid: bool = param(Boolean(), False, help="attack the source x target grid (targeted only)")
+    shares: tuple[float | None, ...] | None = param(
+        OrNone(ListOf(OrNone(SHARE, "for automatic"))),
+        None,
+        help="each attack's fraction of the per-sample budget (None: automatic)",
+    )
+    extraction: Extraction | None = param(
+        OrNone(Instance(Extraction, "a mallory Extraction")),
+        None,
+        help="extracts the surrogate of the attacks that need one",
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.threat, ThreatModel):
-            raise InputError(f"ThreatPlan needs a ThreatModel; got {type(self.threat).__name__}.")
-        attacks = tuple(self.attacks)
-        if not attacks or not all(isinstance(a, EvasionAttack) for a in attacks):
-            raise InputError(
-                f"The threat model {self.threat.name!r} needs a non-empty sequence of evasion "
-                "attacks (mallory.create(name, ...)); got "
-                f"{[type(a).__name__ for a in attacks] or 'none'}."
-            )
+        check_fields(self)
+        attacks = self.attacks
         given = self.shares
         if given is not None:
-            given = tuple(given)
             if len(given) != len(attacks):
-                raise InputError(
-                    f"shares has {len(given)} entries for {len(attacks)} attacks of the threat "
-                    f"model {self.threat.name!r}: give one per attack (None: automatic)."
+                raise bad_param(
+                    "ThreatPlan",
+                    "shares",
+                    f"one share per attack ({len(attacks)} of the threat model "
+                    f"{self.threat.name!r}; None: automatic)",
+                    given,
                 )
-            for share in given:
-                if share is not None and (
-                    isinstance(share, bool)
-                    or not isinstance(share, int | float)
-                    or not 0 <= share <= 1
-                ):
-                    raise InputError(
-                        f"The 'shares' of threat model {self.threat.name!r} must be fractions "
-                        f"of the per-sample budget in [0, 1], or None; got {share!r}."
-                    )
             if sum(s for s in given if s is not None) > 1 + 1e-9:
-                raise InputError(
-                    f"The 'shares' of threat model {self.threat.name!r} add up to more than "
-                    "the whole budget (1.0)."
+                raise bad_param(
+                    "ThreatPlan",
+                    "shares",
+                    "fractions that add up to at most the whole budget (1.0)",
+                    given,
                 )
         order = sorted(range(len(attacks)), key=lambda i: attacks[i].attacker_family())
         object.__setattr__(self, "attacks", tuple(attacks[i] for i in order))
         if given is not None:
             object.__setattr__(self, "shares", tuple(given[i] for i in order))
-        if self.extraction is not None and not isinstance(self.extraction, Extraction):
-            raise InputError("ThreatPlan's extraction must be a mallory Extraction (or None).")
         targeted = self.threat.goal is Goal.TARGETED
         if self.grid and not targeted:
             raise InputError(
@@ -246,26 +250,49 @@ class Campaign:
     with the run).
     """
 
-    name: str
-    system: System
-    data: Dataset
-    plans: tuple[ThreatPlan, ...]
-    seed: int = 0
-    chunk: int = 100
-    review_band: tuple[float, float] = (0.0, 0.9)
-    draws: int | None = None
-    system_name: str = ""
-    source: dict[str, Any] = field(default_factory=dict)
+    name: str = param(Text(), help="names the run in the store")
+    system: System = param(Instance(System, "a mallory System"), help="what is evaluated")
+    data: Dataset = param(
+        Instance(Dataset, "a non-empty mallory Dataset (x, y, bounds, ...)"),
+        help="the evaluated samples",
+    )
+    plans: tuple[ThreatPlan, ...] = param(
+        ListOf(Instance(ThreatPlan, "a ThreatPlan"), nonempty=True),
+        help="a threat model and its attacks, each",
+    )
+    seed: int = param(Interval(low=0, integral=True), 0, help="seeds every random draw")
+    chunk: int = param(
+        Interval(low=1, integral=True), 100, help="samples committed to the store at once"
+    )
+    review_band: tuple[float, float] = param(
+        ListOf(
+            Interval(0.0, 1.0),
+            length=2,
+            order="<=",
+            text="a pair (low, high) of confidences with 0 <= low <= high <= 1",
+            toml_text="[low, high]: two confidences with 0 <= low <= high <= 1",
+        ),
+        (0.0, 0.9),
+        help="the confidences a human would review",
+    )
+    draws: int | None = param(
+        OrNone(Interval(low=1, integral=True), "for the judge's default"),
+        None,
+        help="answers per vote on a randomized system",
+    )
+    system_name: str = param(Text(blank=True), "", help="what the report calls the system")
+    source: dict[str, Any] = param(
+        Instance(dict, "a JSON-ready dict"),
+        default_factory=dict,
+        help="where the system and data came from (kept with the run)",
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise InputError(f"A campaign needs a non-empty name; got {self.name!r}.")
-        if not isinstance(self.system, System):
-            raise InputError(
-                f"A campaign needs a mallory System; got {type(self.system).__name__}."
+        check_fields(self)
+        if len(self.data) == 0:
+            raise bad_param(
+                "Campaign", "data", "a non-empty mallory Dataset (x, y, bounds, ...)", self.data
             )
-        if not isinstance(self.data, Dataset) or len(self.data) == 0:
-            raise InputError("A campaign needs a non-empty mallory Dataset (x, y, bounds, ...).")
         if tuple(self.data.input_shape) != tuple(self.system.input_shape):
             raise InputError(
                 f"The dataset {self.data.name!r} has inputs of shape {tuple(self.data.input_shape)}"
@@ -285,9 +312,7 @@ class Campaign:
                 f"The dataset {self.data.name!r} has labels up to {int(self.data.y.max())}, but "
                 f"the system {self.system.name!r} has {classes} classes."
             )
-        plans = tuple(self.plans)
-        if not plans:
-            raise InputError("A campaign needs at least one threat model.")
+        plans = self.plans
         names = [p.threat.name for p in plans]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -295,22 +320,6 @@ class Campaign:
                 f"Threat model names must be unique in a campaign; {twice} appear twice. "
                 "Give each its own name (ThreatModel(name=...) or threat.with_(name=...))."
             )
-        object.__setattr__(self, "plans", plans)
-        low, high = (float(v) for v in self.review_band)
-        if not 0.0 <= low <= high <= 1.0:
-            raise InputError(
-                f"review_band must be (low, high) with 0 <= low <= high <= 1; got "
-                f"{self.review_band!r}."
-            )
-        object.__setattr__(self, "review_band", (low, high))
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
-            raise InputError(f"chunk must be an int >= 1; got {self.chunk!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InputError(f"seed must be an int >= 0; got {self.seed!r}.")
-        if self.draws is not None and (
-            isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1
-        ):
-            raise InputError(f"draws must be an int >= 1, or None; got {self.draws!r}.")
         for plan in plans:
             oracle = Oracle(self.system, plan.threat)
             for attack in plan.attacks:

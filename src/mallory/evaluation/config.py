@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +27,25 @@ from mallory.access.oracle import Oracle
 from mallory.attacks.base import attack_class, create, list_attacks
 from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.extraction.base import ExtractionAttack
-from mallory.attacks.surrogate import Architecture, Surrogate, train_surrogate
+from mallory.attacks.surrogate import (
+    ARCHITECTURE,
+    EPOCHS,
+    SEED,
+    Architecture,
+    Surrogate,
+    train_surrogate,
+)
 from mallory.errors import AccessError, InputError
-from mallory.evaluation.campaign import Campaign, Extraction, Listener, ThreatPlan, default_attacks
+from mallory.evaluation.campaign import (
+    SHARE,
+    Campaign,
+    Extraction,
+    Listener,
+    ThreatPlan,
+    default_attacks,
+)
 from mallory.evaluation.config_data import (
+    SAMPLES,
     DataChoice,
     SystemChoice,
     read_data,
@@ -39,7 +53,9 @@ from mallory.evaluation.config_data import (
     read_system,
 )
 from mallory.evaluation.config_table import Table, closest, kind, plain, resolve
+from mallory.params import Options, Text, constraints
 from mallory.threat import PRESETS, Goal, Targets, ThreatModel
+from mallory.threat.model import PRESET
 
 if TYPE_CHECKING:
     from mallory.report.model import Report
@@ -47,10 +63,15 @@ if TYPE_CHECKING:
 __all__ = ["CampaignFile", "load_campaign", "parse_campaign"]
 
 TOP_KEYS = ("name", "seed", "store", "chunk", "review_band", "draws", "system", "data", "threat")
-THREAT_FIELDS = tuple(f.name for f in dataclasses.fields(ThreatModel))
+CAMPAIGN = constraints(Campaign)
+CAMPAIGN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Campaign)}
+THREAT = constraints(ThreatModel)
+"""What each ``[[threat]]`` key of a ThreatModel field accepts: the field's own constraint."""
+THREAT_FIELDS = tuple(THREAT)
 THREAT_KEYS = ("preset", *THREAT_FIELDS, "grid", "attacks", "surrogate")
 SURROGATE_KEYS = ("source", "samples", "architecture", "epochs", "seed", "rounds", "lam")
 SOURCES = ("own-data", "extract")
+SOURCE = Options(SOURCES)
 # own data: up to this many labelled samples; extraction: this many seed points (Papernot et al.)
 SURROGATE_SAMPLES = {"own-data": 1000, "extract": 150}
 SURROGATE_EPOCHS = {"own-data": 5, "extract": 10}
@@ -101,16 +122,12 @@ def parse_campaign(
     ``where``, whose stem is the default run name and store name."""
     top = Table(data, "", where, TOP_KEYS)
     stem = Path(where).stem or "campaign"
-    name = top.text("name", stem)
-    seed = top.integer("seed", 0)
-    chunk = top.integer("chunk", 100, low=1)
-    band = top.pair("review_band", (0.0, 0.9))
-    if not 0.0 <= band[0] <= band[1] <= 1.0:
-        raise top.fail(
-            "review_band", f"needs 0 <= low <= high <= 1 (confidences); got {list(band)}."
-        )
-    draws = top.integer("draws", None, low=1) if top.has("draws") else None
-    store = resolve(base, top.text("store", f"{stem}.db"))
+    name = top.read("name", CAMPAIGN["name"], stem)
+    seed, chunk, band, draws = (
+        top.read(key, CAMPAIGN[key], CAMPAIGN_DEFAULTS[key])
+        for key in ("seed", "chunk", "review_band", "draws")
+    )
+    store = resolve(base, top.read("store", Text(), f"{stem}.db"))
     system = read_system(top.get("system"), base=base, where=where, progress=progress)
     chosen = read_data(top.get("data", None), system, base=base, where=where)
     threats = top.get("threat")
@@ -178,10 +195,10 @@ def _blame(build: Callable[..., T], params: dict[str, Any], table: Table, prefix
 # ------------------------------------------------------------------------ [[threat]]
 def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
     table = Table(values, f"threat[{i}]", context.where, THREAT_KEYS)
-    preset = table.text("preset", choices=list(PRESETS))
+    preset = table.read("preset", PRESET)
     changes = {key: _threat_value(table, key, context) for key in THREAT_FIELDS if table.has(key)}
     threat = _blame(PRESETS[preset], changes, table)
-    grid = table.flag("grid", False)
+    grid = table.read("grid", constraints(ThreatPlan)["grid"], False)
     if grid and threat.goal is not Goal.TARGETED:
         raise table.fail(
             "grid",
@@ -245,39 +262,22 @@ def _read_threat(values: Any, i: int, context: _Context) -> ThreatPlan:
 
 
 def _threat_value(table: Table, key: str, context: _Context) -> Any:
-    """A ThreatModel field from TOML; the rest of its validation is ThreatModel's own."""
-    if key in ("name", "description"):
-        return table.text(key)
-    if key == "adaptive":
-        return table.flag(key)
-    if key in ("queries_per_sample", "queries_total"):
-        value = table.get(key)
-        if value == math.inf:
-            return None  # TOML has no null: inf is "no budget"
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise table.fail(
-                key,
-                f"must be an integer >= 0, or inf for no budget; got {kind(value)} ({value!r}).",
-            )
-        return value
+    """A ThreatModel field from TOML, read by the field's constraint; the checks across
+    fields are ThreatModel's own. Stage names must be the system's, and features name the
+    data's features."""
+    if key == "features":
+        return read_features(table, context.data.evaluated)
+    value = table.read(key, THREAT[key])
     if key == "stage_knowledge":
-        value = table.get(key)
         stages = [stage.name for stage in context.system.system.stages]
-        if not isinstance(value, dict):
-            raise table.fail(
-                key, f"must be a table of stage name = knowledge; got {kind(value)} ({value!r})."
-            )
-        for stage in value:
+        for stage, _ in value:
             if stage not in stages:
                 raise table.fail(
                     f"{key}.{stage}",
                     f"the system has no stage of that name{closest(stage, stages)}; its stages: "
                     f"{', '.join(stages)}.",
                 )
-        return value
-    if key == "features":
-        return read_features(table, context.data.evaluated)
-    return table.get(key)
+    return value
 
 
 # ------------------------------------------------------------------------ attacks
@@ -303,46 +303,39 @@ def _read_attacks(
         at = f"attacks[{j}]"
         name: Any
         if isinstance(item, str):
-            name, params, name_at = item, {}, at
+            name, item, name_at = item, {}, at
         elif isinstance(item, dict):
             name, name_at = item.get("name"), f"{at}.name"
-            params = {k: v for k, v in item.items() if k != "name"}
             if name is None:
                 raise table.fail(name_at, "this key is required: the attack's registered name.")
         else:
             raise table.fail(
                 at, f'must be an attack name or a table {{name = "...", ...}}; got {kind(item)}.'
             )
-        share = params.pop("share", None)
-        if share is not None and (
-            isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1
-        ):
-            raise table.fail(
-                f"{at}.share",
-                f"must be the attack's fraction of the per-sample budget, a number in [0, 1]; got "
-                f"{share!r}.",
-            )
-        shares.append(share)
         if not isinstance(name, str) or name not in known:
             hint = closest(name, known) if isinstance(name, str) else ""
             raise table.fail(
                 name_at, f"unknown attack {name!r}{hint}; known attacks: {', '.join(known)}."
             )
-        fields = [f.name for f in dataclasses.fields(attack_class(name))]
-        for key in params:
-            if key not in fields:
+        rules = constraints(attack_class(name))
+        fields = list(rules)
+        for key in item:
+            if key not in ("name", "share", *fields):
                 raise table.fail(
                     f"{at}.{key}",
                     f"{name} has no such parameter{closest(key, fields)}; its parameters: "
                     f"{', '.join(fields)}.",
                 )
+        sub = Table(item, table.at(at), table.where, ("name", "share", *fields))
+        shares.append(sub.read("share", SHARE, None))
+        if "surrogate" in fields and sub.has("surrogate"):
+            raise sub.fail(
+                "surrogate",
+                f"the surrogate of {name} is built from the threat's [threat.surrogate] "
+                "table, not given here.",
+            )
+        params = {key: sub.read(key, rules[key]) for key in item if key in rules}
         if "surrogate" in fields:
-            if "surrogate" in params:
-                raise table.fail(
-                    f"{at}.surrogate",
-                    f"the surrogate of {name} is built from the threat's [threat.surrogate] "
-                    "table, not given here.",
-                )
             params["surrogate"] = surrogate.get(at)
         attacks.append((j, _blame(_creator(name), params, table, f"{at}.")))
     return attacks
@@ -387,19 +380,19 @@ class _Surrogates:
         table, context = self.table, self.context
         sub = Table(table.get("surrogate"), table.at("surrogate"), table.where, SURROGATE_KEYS)
         system = context.system.system
-        source = sub.text("source", choices=SOURCES)
+        source = sub.read("source", SOURCE)
         image = len(system.input_shape) == 3
-        architecture = sub.text(
-            "architecture", "cnn" if image else "mlp", [a.value for a in Architecture]
+        architecture = sub.read(
+            "architecture", ARCHITECTURE, Architecture.CNN if image else Architecture.MLP
         )
-        if architecture == "cnn" and not image:
+        if architecture is Architecture.CNN and not image:
             raise sub.fail(
                 "architecture",
                 f'"cnn" needs image inputs (channels, height, width); the system takes '
                 f'{tuple(system.input_shape)}. Use "mlp".',
             )
-        seed = sub.integer("seed", context.seed)
-        epochs = sub.integer("epochs", SURROGATE_EPOCHS[source], low=1)
+        seed = sub.read("seed", SEED, context.seed)
+        epochs = sub.read("epochs", EPOCHS, SURROGATE_EPOCHS[source])
         if source == "own-data":
             for key in ("rounds", "lam"):
                 if sub.has(key):
@@ -408,7 +401,7 @@ class _Surrogates:
             own = context.data.own_data()
         except InputError as error:
             raise sub.fail(None, str(error)) from None
-        samples = sub.integer("samples", min(SURROGATE_SAMPLES[source], len(own)), low=1)
+        samples = sub.read("samples", SAMPLES, min(SURROGATE_SAMPLES[source], len(own)))
         if samples > len(own):
             raise sub.fail(
                 "samples",
@@ -434,10 +427,9 @@ class _Surrogates:
                 "extraction buys the system's labels, but the threat model allows no query at "
                 'all (queries_total = 0): raise queries_total, or use source = "own-data".',
             )
-        rounds = sub.integer("rounds", EXTRACTION_ROUNDS)
-        lam = sub.number("lam", EXTRACTION_LAM)
-        if not 0 < lam < math.inf:
-            raise sub.fail("lam", f"must be a finite number > 0; got {lam!r}.")
+        extraction_rules = constraints(attack_class("jacobian-extraction"))
+        rounds = sub.read("rounds", extraction_rules["rounds"], EXTRACTION_ROUNDS)
+        lam = sub.read("lam", extraction_rules["lam"], EXTRACTION_LAM)
         # bought from the system during the run, through this threat model's oracle, so its
         # queries are in the campaign's ledger (and its budget)
         extraction: ExtractionAttack = _blame(

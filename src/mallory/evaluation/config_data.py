@@ -17,13 +17,19 @@ import torch
 
 from mallory.errors import InputError
 from mallory.evaluation.config_table import Table, closest, kind, resolve
-from mallory.systems.base import Output, System
+from mallory.params import Interval, ListOf, Options, Text
+from mallory.systems.base import DETERMINISTIC, INPUT_SHAPE, NAME, OUTPUT, Output, System
 from mallory.threat.features import FeatureConstraints
 from mallory.zoo.datasets import SPLITS, Dataset, list_datasets, load_dataset
 
 SYSTEM_KEYS = ("model", "path", "input_shape", "bounds", "output", "name", "deterministic")
 DATA_KEYS = ("dataset", "path", "split", "samples", "name")
 FEATURE_KEYS = ("mutable", "values")
+FILE_BOUNDS = ListOf(
+    Interval(), length=2, order="<", toml_text="[low, high], two finite numbers with low < high"
+)
+"""A model file's input bounds in a campaign file (a box with the same bounds everywhere)."""
+SAMPLES = Interval(low=1, integral=True)
 
 
 # ------------------------------------------------------------------------ [system]
@@ -39,12 +45,12 @@ def read_system(values: Any, *, base: Path, where: str, progress: bool) -> Syste
     from mallory.zoo import list_models, load_model
 
     table = Table(values, "system", where, SYSTEM_KEYS)
-    name = table.text("name", None)
-    deterministic = table.flag("deterministic", True)
+    name = table.read("name", NAME, None)
+    deterministic = table.read("deterministic", DETERMINISTIC, True)
     if table.one_of("model", "path", "a zoo model") == "model":
         table.only_with(("input_shape", "bounds", "output"), "path")
         recipes = {r.name: r for r in list_models()}
-        model = table.text("model", choices=sorted(recipes))
+        model = table.read("model", Options(tuple(sorted(recipes))))
         try:
             system = load_model(model, progress=progress)
         except InputError as error:
@@ -52,12 +58,10 @@ def read_system(values: Any, *, base: Path, where: str, progress: bool) -> Syste
         if not deterministic:
             system = system.randomized()
         return SystemChoice(system, name or model, recipes[model].dataset)
-    file = resolve(base, table.text("path"))
-    shape = table.shape("input_shape")
-    bounds = table.pair("bounds")
-    if not bounds[0] < bounds[1]:
-        raise table.fail("bounds", f"needs low < high; got {list(bounds)}.")
-    output = table.text("output", Output.LOGITS.value, [o.value for o in Output])
+    file = resolve(base, table.read("path", Text()))
+    shape = table.read("input_shape", INPUT_SHAPE, None)
+    bounds = table.read("bounds", FILE_BOUNDS)
+    output = table.read("output", OUTPUT, Output.LOGITS)
     if not file.exists():
         raise table.fail(
             "path",
@@ -98,16 +102,16 @@ def read_data(values: Any, system: SystemChoice, *, base: Path, where: str) -> D
     if isinstance(values, dict) and system.dataset and not {"dataset", "path"} & set(values):
         values = {"dataset": system.dataset, **values}  # a zoo model's own dataset
     table = Table(values, "data", where, DATA_KEYS)
-    samples = table.integer("samples", None, low=1)
-    label = table.text("name", None)
+    samples = table.read("samples", SAMPLES, None)
+    label = table.read("name", Text(), None)
     if table.one_of("dataset", "path", "a zoo dataset") == "dataset":
-        name = table.text("dataset", choices=list_datasets())
-        split = table.text("split", "test", SPLITS)
+        name = table.read("dataset", Options(tuple(list_datasets())))
+        split = table.read("split", Options(SPLITS), "test")
         whole = load_dataset(name, split)
         key = "dataset"
     else:
         table.only_with(("split",), "dataset")
-        whole = _read_npz(table, resolve(base, table.text("path")), system.system)
+        whole = _read_npz(table, resolve(base, table.read("path", Text())), system.system)
         split, key = "", "path"
     if samples is not None and samples > len(whole):
         where_from = f"the {split} split of {whole.name}" if split else whole.name

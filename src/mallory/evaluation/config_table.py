@@ -4,14 +4,14 @@ the key path, say what was wrong and what the key accepts (``docs/campaign.md``)
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Sequence
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from mallory.errors import InputError
+from mallory.errors import InputError, MalloryError
 from mallory.jsonable import plain
+from mallory.params import Boolean, Constraint, Interval, ListOf, Options, Refused, Text
 
 __all__ = ["Table", "closest", "kind", "plain", "resolve"]
 
@@ -82,69 +82,45 @@ class Table:
             raise self.fail(key, "this key is required.")
         return default
 
-    def text(self, key: str, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
+    def read(self, key: str, constraint: Constraint, default: Any = _MISSING) -> Any:
+        """The value of ``key`` as ``constraint`` stores it (``default`` when the key is
+        absent), or an error that says what the key accepts, in TOML's words."""
         value = self.get(key, default)
         if key not in self.values:
             return value
-        if not isinstance(value, str) or not value.strip():
-            accepted = f"one of {_quoted(choices)}" if choices else "a non-empty string"
-            raise self.fail(key, f"must be {accepted}; got {kind(value)} ({value!r}).")
-        if choices and value not in choices:
+        try:
+            given = constraint.from_toml(value)  # inf may stand for None
+            if given is not None and not _is_toml(value, constraint.toml_type):
+                raise Refused
+            return constraint.coerce(given)
+        except Refused:
+            choices = constraint.choices
+            hint = closest(value, choices) if choices and isinstance(value, str) else ""
             raise self.fail(
-                key, f"got {value!r}{closest(value, choices)}; expected one of {_quoted(choices)}."
-            )
-        return value
+                key,
+                f"must be {constraint.toml_expected}; got {kind(value)} ({value!r}){hint}.",
+            ) from None
+        except MalloryError as error:  # a conversion's own reason
+            raise self.fail(
+                key, f"must be {constraint.toml_expected}; got {value!r}: {error}"
+            ) from None
+
+    def text(self, key: str, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
+        """A non-empty string (one of ``choices``, when given)."""
+        return self.read(key, Options(tuple(choices)) if choices else Text(), default)
 
     def integer(self, key: str, default: Any = _MISSING, low: int = 0) -> Any:
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.fail(key, f"must be an integer >= {low}; got {kind(value)} ({value!r}).")
-        return value
+        return self.read(key, Interval(low=low, integral=True), default)
 
     def number(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number; got {kind(value)} ({value!r}).")
-        return float(value)
+        return self.read(key, Interval(finite=False), default)
 
     def flag(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, default)
-        if key in self.values and not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false; got {kind(value)} ({value!r}).")
-        return value
+        return self.read(key, Boolean(), default)
 
     def pair(self, key: str, default: Any = _MISSING) -> Any:
         """``[low, high]``: two finite numbers (their order is the caller's to check)."""
-        value = self.get(key, default)
-        if key not in self.values:
-            return value
-        numbers = isinstance(value, list) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        )
-        if not numbers or len(value) != 2:
-            raise self.fail(key, f"must be [low, high], two finite numbers; got {value!r}.")
-        return float(value[0]), float(value[1])
-
-    def shape(self, key: str) -> tuple[int, ...] | None:
-        value = self.get(key, None)
-        if value is None:
-            return None
-        if (
-            not isinstance(value, list)
-            or not value
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
-        ):
-            raise self.fail(
-                key,
-                f"must be the shape of one input without the batch dimension, an array of "
-                f"integers >= 1 such as [1, 28, 28]; got {value!r}.",
-            )
-        return tuple(value)
+        return self.read(key, _PAIR, default)
 
     def only_with(self, keys: Sequence[str], other: str) -> None:
         """Refuse ``keys`` when the table does not have ``other``."""
@@ -163,8 +139,25 @@ class Table:
         return first if self.has(first) else second
 
 
-def _quoted(choices: Sequence[str]) -> str:
-    return ", ".join(repr(c) for c in choices)
+_PAIR = ListOf(Interval(), length=2, text="[low, high], two finite numbers")
+_TOML_TYPES: dict[str, type | tuple[type, ...]] = {
+    "integer": int,
+    "float": (int, float),
+    "string": str,
+    "boolean": bool,
+    "array": list,
+    "table": dict,
+}
+
+
+def _is_toml(value: Any, toml_type: str) -> bool:
+    """Whether a TOML value has the type ``toml_type`` ("": any; an integer is a float too,
+    but a boolean is no number)."""
+    if not toml_type:
+        return True
+    if isinstance(value, bool) and toml_type != "boolean":
+        return False
+    return isinstance(value, _TOML_TYPES[toml_type])
 
 
 def resolve(base: Path, value: str) -> Path:

@@ -17,13 +17,26 @@ Does it see the class only, or the probabilities?         ``exposure`` (and ``to
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, cast
 
 from mallory.errors import InputError, bad_param
+from mallory.params import (
+    Boolean,
+    Instance,
+    Interval,
+    Options,
+    OrNone,
+    PairsOf,
+    Text,
+    check_fields,
+    param,
+)
 from mallory.threat.features import FeatureConstraints
+
+_BUDGET = OrNone(Interval(low=0, integral=True), "for no budget", toml_none=math.inf)
+"""A query budget: a count, or None (a campaign file: inf) for none."""
 
 
 class Knowledge(StrEnum):
@@ -97,53 +110,64 @@ class ThreatModel:
     ban, detector or a blocking stage); the attacker's own budget is always seen as blocked.
     """
 
-    name: str = "custom"
-    norm: Norm = Norm.LINF
-    eps: float = math.inf
-    knowledge: Knowledge = Knowledge.PERFECT
-    stage_knowledge: tuple[tuple[str, Knowledge], ...] = ()
-    exposure: Exposure = Exposure.LOGITS
-    top_k: int | None = None
-    goal: Goal = Goal.UNTARGETED
-    targets: Targets = Targets.RANDOM
-    queries_per_sample: int | None = None
-    queries_total: int | None = None
-    price_per_query: float = 0.0
-    adaptive: bool = True
-    features: FeatureConstraints | None = None
-    feedback: Feedback = Feedback.BLOCKED
-    description: str = field(default="", compare=False)
+    name: str = param(Text(), "custom", help="names the threat model in reports")
+    norm: Norm = param(Options(Norm), Norm.LINF, help="the norm of the perturbation ball")
+    eps: float = param(
+        Interval(low=0.0, finite=False, note="inf: unbounded"),
+        math.inf,
+        help="the radius of the ball in norm (L0: features changed)",
+    )
+    knowledge: Knowledge = param(
+        Options(Knowledge), Knowledge.PERFECT, help="the attacker's knowledge of every stage"
+    )
+    stage_knowledge: tuple[tuple[str, Knowledge], ...] = param(
+        PairsOf(
+            Text(),
+            Options(Knowledge),
+            f"a mapping of stage names to {Options(Knowledge).expected}",
+        ),
+        (),
+        help="knowledge of the named stages, where it differs",
+    )
+    exposure: Exposure = param(
+        Options(Exposure), Exposure.LOGITS, help="what the answer to a query shows"
+    )
+    top_k: int | None = param(
+        OrNone(Interval(low=1, integral=True), "unless exposure is 'top-k'"),
+        None,
+        help="how many scores a top-k answer shows",
+    )
+    goal: Goal = param(Options(Goal), Goal.UNTARGETED, help="what counts as a success")
+    targets: Targets = param(
+        Options(Targets), Targets.RANDOM, help="where a targeted attack's classes come from"
+    )
+    queries_per_sample: int | None = param(
+        _BUDGET, None, help="queries per sample the system processes (None: unlimited)"
+    )
+    queries_total: int | None = param(
+        _BUDGET, None, help="queries in all the system processes (None: unlimited)"
+    )
+    price_per_query: float = param(
+        Interval(low=0.0), 0.0, help="what a query costs the attacker (money)"
+    )
+    adaptive: bool = param(Boolean(), True, help="whether the attacker knows the defense")
+    features: FeatureConstraints | None = param(
+        OrNone(Instance(FeatureConstraints, "a FeatureConstraints")),
+        None,
+        help="which input features the attacker may change, and to what",
+    )
+    feedback: Feedback = param(
+        Options(Feedback), Feedback.BLOCKED, help="what the attacker sees of a refusal"
+    )
+    description: str = param(Text(blank=True), "", help="what the threat model is", compare=False)
 
     def __post_init__(self) -> None:
         owner = "ThreatModel"
-        for name, enum in (
-            ("norm", Norm),
-            ("knowledge", Knowledge),
-            ("exposure", Exposure),
-            ("goal", Goal),
-            ("targets", Targets),
-            ("feedback", Feedback),
-        ):
-            object.__setattr__(self, name, _as_enum(owner, name, enum, getattr(self, name)))
-        stages: Any = self.stage_knowledge
-        if isinstance(stages, Mapping):
-            stages = tuple(stages.items())
-        object.__setattr__(
-            self,
-            "stage_knowledge",
-            tuple(
-                (str(s), _as_enum(owner, f"stage_knowledge[{s!r}]", Knowledge, k))
-                for s, k in stages
-            ),
-        )
-        eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or math.isnan(eps) or eps < 0:
-            raise bad_param(owner, "eps", "a number >= 0 (math.inf for unbounded)", eps)
-        object.__setattr__(self, "eps", float(eps))
+        check_fields(self)
         if self.norm is Norm.L0 and math.isfinite(self.eps) and self.eps != int(self.eps):
-            raise bad_param(owner, "eps", "a whole number of features for the L0 norm", eps)
+            raise bad_param(owner, "eps", "a whole number of features for the L0 norm", self.eps)
         if self.exposure is Exposure.TOP_K:
-            if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+            if self.top_k is None:
                 raise bad_param(owner, "top_k", "an int >= 1 when exposure is top-k", self.top_k)
         elif self.top_k is not None:
             raise InputError(
@@ -151,19 +175,6 @@ class ThreatModel:
                 f"got top_k={self.top_k!r} with exposure={self.exposure.value!r}. "
                 "Drop top_k or set exposure='top-k'."
             )
-        for name in ("queries_per_sample", "queries_total"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise bad_param(owner, name, "an int >= 0, or None for unlimited", value)
-        price = self.price_per_query
-        if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
-            raise bad_param(owner, "price_per_query", "a finite number >= 0", price)
-        if not math.isfinite(price):
-            raise bad_param(owner, "price_per_query", "a finite number >= 0", price)
-        if self.features is not None and not isinstance(self.features, FeatureConstraints):
-            raise bad_param(owner, "features", "a FeatureConstraints or None", self.features)
         if self.goal is Goal.UNTARGETED and self.targets is Targets.GIVEN:
             raise InputError(
                 "ThreatModel: targets='given' needs goal='targeted'; an untargeted attacker has no "
@@ -205,16 +216,6 @@ class ThreatModel:
             "feedback": self.feedback.value,
             "features": None if self.features is None else self.features.to_dict(),
         }
-
-
-def _as_enum(owner: str, name: str, enum: type[Any], value: object) -> Any:
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum)
-        raise bad_param(owner, name, f"one of {choices}", value) from None
 
 
 def white_box(norm: Norm | str = Norm.LINF, eps: float = math.inf, **changes: Any) -> ThreatModel:
@@ -308,3 +309,7 @@ PRESETS = {
     "transfer": transfer,
     "no-knowledge": no_knowledge,
 }
+
+PRESET = Options(tuple(PRESETS))
+"""The name of a preset: the choices of ``mallory attack --threat`` and of a campaign file's
+``preset`` key."""
