@@ -208,12 +208,14 @@ def test_l2_only() -> None:
 
 # ---------------------------------------------------------------- the MNIST CNN
 # The paper runs 9 binary steps of 10,000 Adam iterations (lr 1e-2); the tests run a short
-# schedule that fits ~60 s on 2 cores: c starts at 1, 5 binary steps of 100 iterations at lr 0.05
-# (about 490 gradients per digit; medians 1.35 untargeted, 2.33 targeted, every digit broken).
-# Longer schedules barely move the medians: the defaults (9 x 1000 at lr 1e-2, about 6,700
-# gradients per digit) find 1.33 and 2.32 on the first 40 digits.
-MNIST_SAMPLES = 100
-MNIST_SCHEDULE = {"steps": 100, "binary_steps": 5, "c_init": 1.0, "learning_rate": 0.05}
+# schedule: c starts at 1, 3 binary steps of 100 iterations at lr 0.05 (about 290 gradients per
+# digit; on the first 50 digits medians 1.26 untargeted, 2.25 targeted, every digit broken).
+# Longer schedules barely move the medians: 5 binary steps find them within 0.05 on 200 digits,
+# and the defaults (9 x 1000 at lr 1e-2, about 6,700 gradients per digit) found 1.33 and 2.32
+# on the first 40. Medians on four blocks of 50 test digits: 1.26-1.61 untargeted, 2.24-2.52
+# targeted (random targets on this CNN cost more than on the paper's MNIST model).
+MNIST_SAMPLES = 50
+MNIST_SCHEDULE = {"steps": 100, "binary_steps": 3, "c_init": 1.0, "learning_rate": 0.05}
 
 
 @pytest.fixture(scope="module")

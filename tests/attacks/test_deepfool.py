@@ -175,10 +175,11 @@ def mnist() -> tuple[mallory.System, torch.Tensor, torch.Tensor]:
 
     model = load_model("mnist-cnn")
     data = load_dataset("mnist", split="test")
-    x, y = data.x[:120], data.y[:120]
+    # 50 digits: each claim below held with its margin on four blocks of 50 test digits
+    x, y = data.x[:60], data.y[:60]
     with torch.no_grad():
         right = model.forward(x).argmax(1) == y
-    return model, x[right][:100], y[right][:100]
+    return model, x[right][:50], y[right][:50]
 
 
 @pytest.mark.slow
@@ -200,12 +201,16 @@ def test_mnist_l2_is_small_and_cheaper_than_fgsm(
     assert bool((steps == steps.round()).all()) and bool((steps >= 1).all())
     assert float(steps.max()) > 1  # a CNN is not linear: some samples need several steps
 
-    # the smallest FGSM-L2 radius (on a grid) that fools each sample is larger
+    # the smallest FGSM-L2 radius (on a grid) that fools each sample is larger; measured:
+    # DeepFool median 1.57 against 2.0 (1.52-1.73 against 2.0-2.25 on four blocks of 50)
     radii = [0.25 * i for i in range(1, 25)]
     smallest = torch.full((len(x),), math.inf, dtype=torch.float64)
-    for eps in reversed(radii):
-        fgsm = create("fgsm")(Oracle(model, white_box("l2", eps)), x, y)
-        smallest[fgsm.success] = eps
+    for eps in radii:  # upwards, each radius tried only on the samples not fooled yet
+        left = torch.isinf(smallest).nonzero().squeeze(1)
+        if not len(left):
+            break
+        fgsm = create("fgsm")(Oracle(model, white_box("l2", eps)), x[left], y[left])
+        smallest[left[fgsm.success]] = eps
     fooled = torch.isfinite(smallest)
     fgsm_median = float(smallest.median())
     print(

@@ -25,7 +25,8 @@ from mallory.attacks.evasion.losses import Loss, loss_fn
 from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
 
-N_MNIST = 100
+N_MNIST = 40
+EPS, BUDGET = 0.3, 500  # the Linf ball and the queries per digit of the MNIST comparison
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,24 @@ def mnist() -> tuple[TorchModel, torch.Tensor, torch.Tensor]:
     data = load_dataset("mnist", split="test")
     assert isinstance(model, TorchModel)
     return model, data.x[:N_MNIST], data.y[:N_MNIST]
+
+
+@pytest.fixture(scope="module")
+def first_broken_by_noise(mnist: tuple[TorchModel, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """For each digit, the index of the first of ``BUDGET`` random corners of the Linf ball
+    that the model misclassifies (``BUDGET`` if none): ``k`` draws break the digits whose index
+    is below ``k``. Drawn once for every inner attack, and a broken digit is not asked again."""
+    model, x, y = mnist
+    gen = torch.Generator().manual_seed(0)
+    first = torch.full((len(x),), BUDGET)
+    for draw in range(BUDGET):
+        signs = torch.randint(0, 2, x.shape, generator=gen).to(x.dtype).mul(2).sub(1)
+        left = (first == BUDGET).nonzero().squeeze(1)
+        if not len(left):
+            break
+        wrong = model.forward((x[left] + EPS * signs[left]).clamp(0, 1)).argmax(1) != y[left]
+        first[left[wrong]] = draw
+    return first
 
 
 def smooth_model(seed: int = 0) -> tuple[TorchModel, torch.Tensor, torch.Tensor]:
@@ -162,20 +181,22 @@ def test_runs_where_gradients_are_granted_too():
 @pytest.mark.parametrize(
     ("inner", "samples", "least_gain"),
     [
-        # measured: pgd 0.63 against 0.37 for noise (492 draws); fgsm 0.54 against 0.34
-        # (201 draws)
+        # measured on the 40 digits: pgd 0.65 against 0.38 for noise (492 draws); fgsm 0.57
+        # against 0.38 (201 draws). Gains on five blocks of 40 test digits: pgd 0.20-0.35,
+        # fgsm 0.17-0.38
         ("pgd", 20, 0.15),
         ("fgsm", 100, 0.1),
     ],
 )
 def test_beats_random_noise_with_the_same_queries_on_mnist(
     mnist: tuple[TorchModel, torch.Tensor, torch.Tensor],
+    first_broken_by_noise: torch.Tensor,
     inner: str,
     samples: int,
     least_gain: float,
 ):
     model, x, y = mnist
-    eps, budget = 0.3, 500
+    eps, budget = EPS, BUDGET
     per_estimate = 1 + 2 * samples
     if inner == "pgd":
         attack = create("pgd", steps=budget // per_estimate, stop_early=True)
@@ -189,10 +210,7 @@ def test_beats_random_noise_with_the_same_queries_on_mnist(
     assert float(result.linf.max()) <= eps + 1e-6
     assert bool((model.forward(result.x_adv).argmax(1) != y).eq(result.success).all())
     # random corners of the same Linf ball, as many per sample as the attack spent at most
-    gen = torch.Generator().manual_seed(0)
-    broken = torch.zeros(len(x), dtype=torch.bool)
-    for _ in range(int(result.queries.max())):
-        signs = torch.randint(0, 2, x.shape, generator=gen).to(x.dtype).mul(2).sub(1)
-        broken |= model.forward((x + eps * signs).clamp(0, 1)).argmax(1) != y
+    broken = first_broken_by_noise < int(result.queries.max())
     chance = float(broken.double().mean())
+    print(f"{inner}: {result.success_rate:.2f} against {chance:.2f} for noise")
     assert result.success_rate >= chance + least_gain

@@ -28,8 +28,9 @@ from mallory.systems.http import HttpModel
 from mallory.threat import Exposure, Norm
 from mallory.zoo import load_dataset, load_model
 
-N_HTTP = 30
-N_MNIST = 20
+# 10 digits: every claim below held on each of four to six blocks of 10 test digits
+N_HTTP = 10
+N_MNIST = 10
 
 
 def linear_model(seed: int = 0, n: int = 16) -> tuple[TorchModel, Tensor, Tensor]:
@@ -91,12 +92,13 @@ def test_breaks_mnist_over_http_with_labels_only(mnist: tuple[TorchModel, Tensor
         f"digits, median L2 {median:.3f}, at most {int(result.queries.max())} queries, "
         f"{time.perf_counter() - started:.0f} s"
     )
-    # measured: 100 % of the 30 digits, median L2 2.72
+    # measured: 100 % of the 10 digits, median L2 2.21 (1.71-3.17 on six blocks of 10); the
+    # bisected starting points alone (30 queries) lie a median 4.2-5.2 away on those blocks
     assert result.success_rate >= 0.9
     assert int(result.queries.max()) <= 1000
     assert int(result.queries.sum()) == oracle.total_queries
     assert int(result.gradients.sum()) == 0
-    assert math.isfinite(median) and median < 5.0
+    assert math.isfinite(median) and median < 3.5
     # the successes fool the model itself, not only what the server said
     assert bool((wrong(model, result.x_adv, y) == result.success).all())
 
@@ -113,7 +115,8 @@ def test_mnist_distance_falls_with_the_budget(mnist: tuple[TorchModel, Tensor, T
         assert int(result.queries.max()) <= budget
         assert bool(wrong(model, result.x_adv, y).all())
         medians[budget] = float(result.l2.median())
-    # measured: median L2 3.58 after 300 queries, 2.97 after 1000
+    # measured: median L2 2.89 after 300 queries, 2.21 after 1000 (ratio 0.68-0.81 on six
+    # blocks of 10 test digits)
     assert medians[1000] < 0.9 * medians[300]
 
 
@@ -126,7 +129,8 @@ def test_mnist_linf_inside_the_ball(mnist: tuple[TorchModel, Tensor, Tensor]):
     )
     assert unbounded.success_rate == 1.0
     median = float(unbounded.linf.median())
-    # measured: median Linf 0.26 after 500 queries; 15 of the 20 digits within 0.4
+    # measured: median Linf 0.23 after 500 queries (0.17-0.28 on four blocks of 10 test
+    # digits); 9 of the 10 digits within 0.4
     assert median < 0.35
     eps = 0.4
     bounded = create("hopskipjump", max_queries=500)(

@@ -10,7 +10,6 @@ from mallory.attacks.evasion.simba import _dct_direction, _dct_matrix  # registe
 from mallory.attacks.noise import Noise
 from mallory.zoo import load_dataset, load_model
 
-# 50 digits and 500 queries: a third of the cost of 100 digits and 1000 queries (measured)
 N_MNIST = 50
 
 

@@ -9,7 +9,6 @@ from mallory import AccessError, Oracle, TorchModel, create, label_only, score_b
 from mallory.attacks.evasion.square import _centered_mass, _schedule, _sides  # registers "square"
 from mallory.zoo import load_dataset, load_model
 
-# 50 digits: each claim below holds on them with a margin (measured on 400 test digits)
 N_MNIST = 50
 
 
@@ -43,10 +42,12 @@ def misclassified(model: TorchModel, x_adv: torch.Tensor, y: torch.Tensor) -> to
 @pytest.mark.slow
 def test_linf_breaks_mnist_within_budget(mnist: tuple[TorchModel, torch.Tensor, torch.Tensor]):
     model, x, y = mnist
+    x, y = x[:20], y[:20]
     oracle = Oracle(model, score_based("linf", 0.3, queries=1000))
     result = create("square")(oracle, x, y, rng=0)
-    # measured: 0.98 of the 50 digits, median 65 queries for the successes (0.98-1.00 and
-    # 57-76 queries on eight blocks of 50 test digits)
+    # measured: all 20 digits, median 70 queries for the successes; 0.95-1.00 and 21-143
+    # queries on twenty blocks of 20 test digits. (The search runs until its last digit stops,
+    # so the time goes with the slowest digit, not with the number of digits.)
     assert result.success_rate >= 0.9
     assert bool((misclassified(model, result.x_adv, y) == result.success).all())
     assert float(result.linf.max()) <= 0.3 + 1e-6
@@ -61,11 +62,11 @@ def test_l2_breaks_mnist_far_above_random_noise(
     mnist: tuple[TorchModel, torch.Tensor, torch.Tensor],
 ):
     model, x, y = mnist
-    eps = 3.0
-    oracle = Oracle(model, score_based("l2", eps, queries=1000))
+    eps, budget = 3.0, 500
+    oracle = Oracle(model, score_based("l2", eps, queries=budget))
     result = create("square", p_init=0.1)(oracle, x, y, rng=0)
     assert float(result.l2.max()) <= eps + 1e-5
-    assert int(result.queries.max()) <= 1000
+    assert int(result.queries.max()) <= budget
     assert bool((misclassified(model, result.x_adv, y) == result.success).all())
     # the same samples under random noise of the same norm, 100 draws each (1000 draws
     # measured the same: only the digits misclassified from the start, and one more)
@@ -77,9 +78,10 @@ def test_l2_breaks_mnist_far_above_random_noise(
         left = ~broken  # a digit broken once stays broken: only the others are asked again
         broken[left] = misclassified(model, (x[left] + noise[left]).clamp(0, 1), y[left])
     chance = float(broken.double().mean())
-    # measured: 0.86 of the 50 digits (median 131 queries) against 0.08 for random noise;
-    # 0.86-0.92 on four blocks of 50 test digits
-    assert result.success_rate >= chance + 0.6
+    # measured: 0.72 of the 50 digits (median 140 queries) against 0.08 for random noise;
+    # 0.66-0.74 on four blocks of 50 test digits. The starting pattern alone breaks 0.06 and
+    # 100 queries 0.26; 1000 queries would break 0.86 at one and a half times the cost.
+    assert result.success_rate >= chance + 0.5
 
 
 @pytest.mark.slow
@@ -93,7 +95,7 @@ def test_top_3_exposure_changes_nothing_for_the_margin(
     top3 = create("square")(oracle, x, y)
     # while the true class leads, the runner-up is shown: the margin is exact
     assert torch.equal(top3.x_adv, full.x_adv) and torch.equal(top3.queries, full.queries)
-    assert top3.success_rate >= 0.6  # measured: 0.70, median 74 queries
+    assert top3.success_rate >= 0.6  # measured: 0.80, median 80 queries
     assert int(top3.queries.max()) <= 300
     assert int(top3.queries.sum()) == oracle.total_queries > 0
 
