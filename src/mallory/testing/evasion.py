@@ -153,7 +153,8 @@ def _inside(runs: EvasionRuns, f: Findings) -> None:
 
 def inside(outcome: Run, bench: Bench, f: Findings) -> None:
     """Notes where ``outcome``'s results leave the perturbation set or the bounds."""
-    result, threat, x, variant = outcome.result, outcome.threat, bench.x, outcome.variant
+    result, threat, variant = outcome.result, outcome.threat, outcome.variant
+    x = bench.x.cpu()
     x_adv = result.x_adv
     if not f.expect(
         isinstance(x_adv, Tensor) and x_adv.shape == x.shape and x_adv.dtype == x.dtype,
@@ -253,7 +254,7 @@ def _verdict(runs: EvasionRuns, f: Findings) -> None:
 
 def verdict(outcome: Run, bench: Bench, f: Findings) -> None:
     """Notes where ``outcome``'s success, predictions and confidence are not the system's."""
-    result, y, variant, system = outcome.result, bench.y, outcome.variant, bench.system
+    result, y, variant, system = outcome.result, bench.y.cpu(), outcome.variant, bench.system
     n = len(y)
     predictions = result.predictions.cpu()
     decided = predictions >= 0
@@ -477,7 +478,9 @@ def _fields(runs: EvasionRuns, f: Findings) -> None:
     f.expect(result.threat == outcome.threat, "result.threat is not the oracle's threat model")
     f.expect(len(result) == n, f"the result has {len(result)} rows for {n} samples")
     f.expect(torch.equal(result.ids.cpu(), runs.ids), "result.ids are not the ids passed")
-    f.expect(torch.equal(result.labels.cpu(), bench.y), "result.labels are not the labels passed")
+    f.expect(
+        torch.equal(result.labels.cpu(), bench.y.cpu()), "result.labels are not the labels passed"
+    )
     for field, dtype in RESULT_DTYPES.items():
         value = getattr(result, field)
         if isinstance(value, Tensor) and value.shape == (n,) and value.dtype == dtype:
@@ -611,7 +614,7 @@ def _features(runs: EvasionRuns, f: Findings) -> None:
     outcome = runs.run("features")
     features = outcome.threat.features
     assert features is not None  # the features run has them
-    x, n = runs.bench.x, len(runs.bench.x)
+    x, n = runs.bench.x.cpu(), len(runs.bench.x)
     changed = (outcome.result.x_adv.cpu() != x).flatten(1)
     frozen = torch.ones(changed.shape[1], dtype=torch.bool)
     frozen[list(features.mutable)] = False
