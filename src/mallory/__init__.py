@@ -21,6 +21,7 @@ from mallory.attacks import (
 )
 from mallory.errors import AccessError, InputError, MalloryError, SystemFailure
 from mallory.evaluation import Campaign, ThreatPlan, build_report, default_attacks
+from mallory.evaluation.audit import Audit, audit
 from mallory.flags import Flag
 from mallory.report import Report
 from mallory.store import Store
@@ -70,6 +71,7 @@ __all__ = [
     "AccessError",
     "Attack",
     "AttackResult",
+    "Audit",
     "Bounds",
     "CallableModel",
     "Campaign",
@@ -101,6 +103,7 @@ __all__ = [
     "TorchModel",
     "__version__",
     "attack_class",
+    "audit",
     "build_report",
     "create",
     "default_attacks",

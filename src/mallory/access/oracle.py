@@ -134,6 +134,7 @@ class Oracle:
         self.input_shape = system.input_shape
         self.num_classes = system.num_classes
         self.bounds = system.bounds
+        self.output = system.output  # logits or probabilities: what the gradients are of
         self.account = account
         self.log = log if log is not None else EventLog()
         self.clock: Clock = clock if clock is not None else VirtualClock()
@@ -148,6 +149,17 @@ class Oracle:
 
     def __repr__(self) -> str:
         return f"Oracle({self.name!r}, threat={self.threat.name!r})"
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The names of the system's stages and of the parts inside them (a white-box attacker
+        knows the architecture): what ``straight_through`` and ``logits_before`` may name."""
+        return tuple(s.name for s in self._system.stages) + tuple(self._system.parts())
+
+    @property
+    def softmax_part(self) -> str | None:
+        """The name of the system's final softmax layer, when it has one as a part."""
+        return self._system.softmax_part()
 
     @property
     def norm(self) -> Norm:
@@ -469,6 +481,7 @@ class Oracle:
         loss: LossFn,
         *,
         straight_through: Sequence[str] = (),
+        logits_before: str | None = None,
     ) -> Gradient:
         """Logits, ``loss(logits)`` (one value per row) and its gradient with respect to ``x``.
 
@@ -476,7 +489,9 @@ class Oracle:
         never computed: autograd differentiates with respect to the input only. A gradient that
         is not finite is answered as zero and flagged in the log, as is an exactly zero one.
         ``straight_through`` names stages (or submodules of a torch model) whose backward pass
-        is replaced by the identity (BPDA).
+        is replaced by the identity (BPDA); ``logits_before`` names a part whose input serves
+        as the logits (``"softmax"``: the final softmax layer), for an attacker who knows the
+        architecture of a system that ends in a softmax.
         """
         if self._gradient_refusal is not None:
             self.require(Access.GRADIENTS, "gradient()")
@@ -499,18 +514,24 @@ class Oracle:
 
         def forward(inputs: Tensor) -> Tensor:
             return system.forward_differentiable(
-                inputs, adaptive=adaptive, straight_through=tuple(straight_through)
+                inputs,
+                adaptive=adaptive,
+                straight_through=tuple(straight_through),
+                logits_before=logits_before,
             )
+
+        def logits_of(out: Tensor) -> Tensor:
+            return out if logits_before is not None else as_logits(out, system.output)
 
         try:
             with torch.enable_grad():
                 if admission is None:
-                    logits = as_logits(self._run_system(forward, x_in).values, system.output)
+                    logits = logits_of(self._run_system(forward, x_in).values)
                 else:
                     logits = torch.zeros((n, classes), dtype=x.dtype, device=x.device)
                     rows = admission.admitted.nonzero().squeeze(1).to(x.device)
                     part = self._run_system(forward, x_in[rows]).values
-                    logits = logits.index_copy(0, rows, as_logits(part, system.output).to(x))
+                    logits = logits.index_copy(0, rows, logits_of(part).to(x))
                 value = loss(logits)
                 if value.shape != (n,):
                     raise InputError(
@@ -525,12 +546,13 @@ class Oracle:
             raise
         size = grad.detach().flatten(1)
         finite = torch.isfinite(size).all(1)
-        flags = torch.where(finite, 0, NONFINITE_GRADIENT).to(torch.int8)
         if not bool(finite.all()):
             grad = grad.nan_to_num(0.0, 0.0, 0.0)
         zero = (grad.flatten(1) == 0).all(1) & finite
-        flags = flags | torch.where(zero, ZERO_GRADIENT, 0).to(torch.int8).cpu()
-        self._log(Kind.GRADIENT, ids, outcome, reason, sent, started, waited, flags.cpu())
+        flags = (
+            torch.where(finite, 0, NONFINITE_GRADIENT) | torch.where(zero, ZERO_GRADIENT, 0)
+        ).to(device="cpu", dtype=torch.int8)
+        self._log(Kind.GRADIENT, ids, outcome, reason, sent, started, waited, flags)
         logits, value = logits.detach(), value.detach()
         if admission is not None:
             refused = (~admission.admitted).to(x.device)

@@ -3,18 +3,23 @@
 A view answers queries about the rows of its batch (logits, scores, labels, gradients, as the
 threat model grants), says how many queries each row may still make, and keeps the attacker's
 record of the adversarial inputs it has seen. Its public attributes describe the task (the
-threat model, the input shape and bounds, the number of classes, the access granted); none
-leads to the system, the oracle or their private state. A wrapper attack derives new views
-through public methods only: :meth:`OracleView.subset` (some rows, as a batch of their own)
-and :meth:`OracleView.with_gradient` (the same view with its gradient computed another way:
-estimated from scores, averaged over the system's randomness, passed straight through a
-stage).
+threat model, the input shape and bounds, the number of classes, the access granted, and for
+a white-box attacker the names of the system's parts); none leads to the system, the oracle
+or their private state. A wrapper attack derives new views through public methods only:
+
+* :meth:`OracleView.subset`: some rows, as a batch of their own;
+* :meth:`OracleView.with_gradient`: the same view with its gradient computed another way
+  (estimated from scores, averaged over the system's randomness);
+* :meth:`OracleView.with_options`: the same view whose gradient queries pass some parts
+  straight through (BPDA) or take the logits under a final softmax.
+
+Derived views compose in any order: options reach the oracle whatever sits between.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -50,19 +55,28 @@ class OracleView:
         positions: Tensor | None = None,
         source: GradientSource | None = None,
         base: OracleView | None = None,
+        delegate: tuple[OracleView, Tensor] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.__oracle = oracle
         self.__ids = ids.to(device="cpu", dtype=torch.int64)
         self.__record = record
         self.__positions = positions  # rows of the record these rows are (None: the same)
-        self.__source = source
+        self.__source = source  # with base: gradients computed by a wrapper
         self.__base = base
+        self.__delegate = delegate  # (view, rows): gradients asked of a derived view's rows
+        self.__options: dict[str, Any] = dict(options or {})
+        derived = source is not None or delegate is not None
         self.threat: ThreatModel = oracle.threat
         self.name: str = oracle.name
         self.input_shape: tuple[int, ...] = oracle.input_shape
         self.num_classes: int = oracle.num_classes
         self.bounds: Bounds = oracle.bounds
-        self.access: Access = Access.GRADIENTS if source is not None else oracle.access
+        self.access: Access = Access.GRADIENTS if derived else oracle.access
+        self.parts: tuple[str, ...] = oracle.parts if oracle.access is Access.GRADIENTS else ()
+        self.softmax_part: str | None = (
+            oracle.softmax_part if oracle.access is Access.GRADIENTS else None
+        )
 
     def __len__(self) -> int:
         return len(self.__ids)
@@ -120,21 +134,29 @@ class OracleView:
         rows: Tensor | None = None,
         *,
         straight_through: Sequence[str] = (),
+        logits_before: str | None = None,
     ) -> Gradient:
         """Logits, loss and d loss / dx for the rows; see :meth:`Oracle.gradient`.
-        ``straight_through`` names stages whose backward is the identity (BPDA)."""
+        ``straight_through`` names stages or parts whose backward is the identity (BPDA);
+        ``logits_before`` a part whose input serves as the logits."""
+        if straight_through or logits_before is not None:
+            view = self.with_options(straight_through=straight_through, logits_before=logits_before)
+            return view.gradient(x, loss, rows)
+        if self.__delegate is not None:
+            parent, mapping = self.__delegate
+            if rows is None and len(x) != len(mapping):
+                self._ids_of(rows, len(x))  # raises the usual error
+            return parent.gradient(x, loss, mapping if rows is None else mapping[rows.cpu()])
         if self.__source is not None and self.__base is not None:
-            if straight_through:
-                raise InputError(
-                    "This view's gradients are computed by the attack that derived it; "
-                    "straight_through cannot be passed through it."
-                )
-            answer = self.__source(self.__base, x, loss, rows)
-        else:
-            answer = self.__oracle.gradient(
-                x, self._ids_of(rows, len(x)), loss, straight_through=straight_through
-            )
-            self._note_scores(x, rows, answer.logits.softmax(1))
+            return self.__source(self.__base, x, loss, rows)
+        answer = self.__oracle.gradient(
+            x,
+            self._ids_of(rows, len(x)),
+            loss,
+            straight_through=tuple(self.__options.get("straight_through", ())),
+            logits_before=self.__options.get("logits_before"),
+        )
+        self._note_scores(x, rows, answer.logits.softmax(1))
         return answer
 
     def _note_scores(self, x: Tensor, rows: Tensor | None, probs: Tensor) -> None:
@@ -157,25 +179,18 @@ class OracleView:
     # ------------------------------------------------------------------ derived views
     def subset(self, rows: Tensor) -> OracleView:
         """The rows ``rows`` of this batch as a batch of their own (for running a sub-attack on
-        the samples still standing); their answers count and are recorded as this view's."""
+        the samples still standing); their answers count and are recorded as this view's, and
+        their gradients are this view's, at those rows."""
         rows = rows.to("cpu", torch.int64)
         positions = rows if self.__positions is None else self.__positions[rows]
-        source = base = None
-        if self.__source is not None and self.__base is not None:
-            # the source keeps answering for the view it was given, at the mapped rows
-            parent, inner = self.__base, self.__source
-
-            def mapped(view: OracleView, x: Tensor, loss: LossFn, part: Tensor | None) -> Gradient:
-                return inner(parent, x, loss, rows if part is None else rows[part.to("cpu")])
-
-            source, base = mapped, parent.subset(rows)
+        derived = self.__source is not None or self.__delegate is not None
         return OracleView(
             self.__oracle,
             self.__ids[rows],
             self.__record,
             positions=positions,
-            source=source,
-            base=base,
+            delegate=(self, rows) if derived else None,
+            options=self.__options,
         )
 
     def with_gradient(self, source: GradientSource) -> OracleView:
@@ -189,4 +204,43 @@ class OracleView:
             positions=self.__positions,
             source=source,
             base=self,
+        )
+
+    def with_options(
+        self, *, straight_through: Sequence[str] = (), logits_before: str | None = None
+    ) -> OracleView:
+        """This view whose gradient queries pass the named stages or parts straight through
+        (BPDA) and take the logits before the named part (``"softmax"``: the final softmax);
+        the options reach the oracle through any view derived in between."""
+        merged = dict(self.__options)
+        if straight_through:
+            merged["straight_through"] = tuple(
+                dict.fromkeys((*merged.get("straight_through", ()), *straight_through))
+            )
+        if logits_before is not None:
+            merged["logits_before"] = logits_before
+        if self.__delegate is not None:
+            parent, mapping = self.__delegate
+            return parent.with_options(
+                straight_through=straight_through, logits_before=logits_before
+            ).subset(mapping)
+        if self.__source is not None and self.__base is not None:
+            base = self.__base.with_options(
+                straight_through=straight_through, logits_before=logits_before
+            )
+            return OracleView(
+                self.__oracle,
+                self.__ids,
+                self.__record,
+                positions=self.__positions,
+                source=self.__source,
+                base=base,
+                options=merged,
+            )
+        return OracleView(
+            self.__oracle,
+            self.__ids,
+            self.__record,
+            positions=self.__positions,
+            options=merged,
         )

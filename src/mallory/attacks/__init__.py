@@ -33,6 +33,7 @@ from mallory.attacks.evasion import (  # noqa: F401  (registers)
     square,
     tabular,
     transfer,
+    wrappers,
 )
 from mallory.attacks.evasion.base import EvasionAttack, Family
 from mallory.attacks.evasion.result import AttackResult

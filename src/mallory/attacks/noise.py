@@ -35,7 +35,13 @@ def _mix(h: Tensor) -> Tensor:
 
 
 def _mix_int(h: int) -> int:
-    return int(_mix(torch.tensor(h & _MASK, dtype=torch.int64)))
+    """:func:`_mix` on a Python int (no tensor: folding a stream costs nanoseconds)."""
+    h &= _MASK
+    h ^= h >> 16
+    h = (h * _M1) & _MASK
+    h ^= h >> 15
+    h = (h * _M2) & _MASK
+    return h ^ (h >> 16)
 
 
 class Noise:

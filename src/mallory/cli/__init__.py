@@ -3,10 +3,11 @@
 * :mod:`mallory.cli.attack`: ``mallory attack``;
 * :mod:`mallory.cli.listing`: ``mallory list``;
 * :mod:`mallory.cli.serving`: ``mallory serve``;
-* :mod:`mallory.cli.runs`: ``evaluate``, ``report``, ``compare``, ``demo``.
+* :mod:`mallory.cli.runs`: ``evaluate``, ``report``, ``compare``, ``demo``;
+* :mod:`mallory.cli.audit`: ``mallory audit``.
 """
 
-from mallory.cli import attack, listing, runs, serving  # noqa: F401  (registers the commands)
+from mallory.cli import attack, audit, listing, runs, serving  # noqa: F401  (registers)
 from mallory.cli.app import app
 
 

@@ -353,19 +353,28 @@ class System:
         return path
 
     def forward_differentiable(
-        self, x: Tensor, *, adaptive: bool, straight_through: Sequence[str] = ()
+        self,
+        x: Tensor,
+        *,
+        adaptive: bool,
+        straight_through: Sequence[str] = (),
+        logits_before: str | None = None,
     ) -> Tensor:
         """Outputs through the gradient path, recording the autograd graph to ``x``.
 
         A non-differentiable stage runs forward as it is and backward through its surrogate
         (straight-through: ``s(x) + (f(x) - s(x)).detach()``). ``straight_through`` names more
-        stages (or parts of a stage, where the system knows them: a torch model's submodules)
-        whose backward pass becomes the identity (BPDA, Athalye et al. 2018), for stages whose
+        stages, or parts of stages (a torch model's submodules, see :meth:`parts`), whose
+        backward pass becomes the identity (BPDA, Athalye et al. 2018), for stages whose
         gradient is zero or useless although autograd can differentiate them.
+        ``logits_before`` names a part (``"softmax"``: the system's final softmax layer) whose
+        input is returned instead of the system's output: the logits under a softmax, for an
+        attacker who knows the architecture.
         """
         names = set(straight_through)
         stage_names = {s.name for s in self.stages}
-        with self.bypassed(names - stage_names):
+        captured: list[Tensor] = []
+        with self.bypassed(names - stage_names), self._capture(logits_before, captured):
             for stage in self.gradient_path(adaptive=adaptive):
                 if stage.name in names:
                     with torch.no_grad():
@@ -384,24 +393,93 @@ class System:
                         exact = _values(stage.fn(x))
                     stand_in = _values(stage.surrogate(x))
                     x = stand_in + (exact - stand_in).detach()
+        if logits_before is not None:
+            if not captured:
+                raise InputError(
+                    f"The part {logits_before!r} of the system {self.name!r} never ran on the "
+                    "gradient path, so it has no logits to give."
+                )
+            return captured[-1]
         return x
 
-    def bypassable(self) -> tuple[str, ...]:
-        """Names of the parts inside stages whose backward can be bypassed (none here; a torch
-        model lists its submodules)."""
-        return ()
+    def parts(self) -> dict[str, Any]:
+        """The named parts inside the stages that gradients can be routed around (a torch
+        model's submodules, by their names in ``named_modules()``); none for a system that
+        hides them."""
+        return {}
+
+    def softmax_part(self) -> str | None:
+        """The name of the system's final softmax layer, when it has one as a part."""
+        from torch import nn
+
+        found = None
+        for name, part in self.parts().items():
+            if isinstance(part, nn.Softmax | nn.LogSoftmax):
+                found = name
+        return found
+
+    def _part(self, name: str, why: str) -> Any:
+        parts = self.parts()
+        if name not in parts:
+            known = sorted({s.name for s in self.stages} | set(parts))
+            raise InputError(
+                f"The system {self.name!r} has no stage or part named {name!r} {why}; it has: "
+                f"{', '.join(known) or 'no named parts'}."
+            )
+        return parts[name]
 
     @contextmanager
     def bypassed(self, names: set[str]) -> Iterator[None]:
-        """Within the block, the parts ``names`` pass gradients straight through."""
-        if names:
-            known = sorted({s.name for s in self.stages} | set(self.bypassable()))
-            raise InputError(
-                f"The system {self.name!r} has no stage or part named "
-                f"{', '.join(map(repr, sorted(names)))} to pass gradients straight through; "
-                f"it has: {', '.join(known)}."
-            )
-        yield
+        """Within the block, the parts ``names`` pass gradients straight through: their forward
+        is exact, their backward the identity (they must keep the shape of their input)."""
+        modules = [
+            (name, self._part(name, "to pass gradients straight through")) for name in sorted(names)
+        ]
+        handles = []
+
+        def straight(module: Any, inputs: tuple[Any, ...], output: Any) -> Any:
+            first = inputs[0]
+            if not isinstance(output, Tensor) or output.shape != first.shape:
+                raise InputError(
+                    "A part passed straight through must keep the shape of its input; "
+                    f"{type(module).__name__} maps {tuple(first.shape)} to "
+                    f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}."
+                )
+            return first + (output - first).detach()
+
+        try:
+            for _, module in modules:
+                handles.append(module.register_forward_hook(straight))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def _capture(self, name: str | None, into: list[Tensor]) -> Iterator[None]:
+        """Within the block, the input of part ``name`` is appended to ``into``."""
+        if name is None:
+            yield
+            return
+        if name == "softmax":
+            found = self.softmax_part()
+            if found is None:
+                raise InputError(
+                    f"The system {self.name!r} has no softmax layer among its parts to take the "
+                    "logits from (a softmax called as a function cannot be found): give mallory "
+                    "the network before its softmax, output='logits'."
+                )
+            name = found
+        module = self._part(name, "to take logits from")
+
+        def grab(module: Any, inputs: tuple[Any, ...]) -> None:
+            into.append(inputs[0])
+
+        handle = module.register_forward_pre_hook(grab)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def _refusal_label(owner: str, label: object, num_classes: int) -> int | None:

@@ -60,6 +60,7 @@ class Pipeline(System):
                 seen.add(stage.name)
                 stages.append(stage)
         shown, shown_k = _exposure(model, exposes, top_k)
+        self._systems = tuple(part for part in parts if isinstance(part, System))
         super().__init__(
             stages,
             input_shape=input_shape if input_shape is not None else first_system.input_shape,
@@ -73,6 +74,14 @@ class Pipeline(System):
             refusal_label=model.refusal_label,
             policies=[p for part in parts if isinstance(part, System) for p in part.policies],
         )
+
+    def parts(self) -> dict[str, Any]:
+        """The parts of the systems in the pipeline (the first of a name wins)."""
+        found: dict[str, Any] = {}
+        for system in self._systems:
+            for name, part in system.parts().items():
+                found.setdefault(name, part)
+        return found
 
 
 def _exposure(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -79,37 +78,5 @@ class TorchModel(System):
             name=name,
         )
 
-    def bypassable(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.module.named_modules() if name)
-
-    @contextmanager
-    def bypassed(self, names: set[str]) -> Iterator[None]:
-        """Within the block, the submodules ``names`` pass gradients straight through: their
-        forward is exact, their backward the identity (they must keep the shape)."""
-        if not names:
-            yield
-            return
-        modules = dict(self.module.named_modules())
-        unknown = sorted(names - set(modules))
-        if unknown:
-            with super().bypassed(set(unknown)):
-                pass
-        handles = []
-
-        def straight(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
-            (first,) = inputs[:1]
-            if not isinstance(output, Tensor) or output.shape != first.shape:
-                raise InputError(
-                    "A submodule passed straight through must keep the shape of its input; "
-                    f"{type(module).__name__} maps {tuple(first.shape)} to "
-                    f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}."
-                )
-            return first + (output - first).detach()
-
-        try:
-            for name in sorted(names):
-                handles.append(modules[name].register_forward_hook(straight))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    def parts(self) -> dict[str, Any]:
+        return {name: module for name, module in self.module.named_modules() if name}
