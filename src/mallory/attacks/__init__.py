@@ -21,6 +21,7 @@ from mallory.attacks.evasion import (  # noqa: F401  (registers)
     apgd,
     battery,
     boundary,
+    cheapest,
     cw,
     deepfool,
     estimate,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mallory.errors import InputError
+from mallory.evaluation.config_features import read_priced_features
 from mallory.evaluation.config_table import Table, closest, kind, resolve
 from mallory.params import Interval, ListOf, Options, Text
 from mallory.systems.base import DETERMINISTIC, INPUT_SHAPE, NAME, OUTPUT, Output, System
@@ -249,6 +250,8 @@ def _read_npz(table: Table, file: Path, system: System) -> Dataset:
 # ------------------------------------------------------------------------ features
 def read_features(table: Table, data: Dataset) -> FeatureConstraints:
     """``features = { mutable = [...], values = { feature = [...] } }``: names or indices."""
+    if (priced := read_priced_features(table, data)) is not None:  # prices, groups, a file
+        return priced
     sub = Table(table.get("features"), table.at("features"), table.where, FEATURE_KEYS)
     names = data.feature_names
     width = math.prod(data.input_shape)
