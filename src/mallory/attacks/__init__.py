@@ -29,6 +29,7 @@ from mallory.attacks.evasion import (  # noqa: F401  (registers)
     hopskipjump,
     jsma,
     natural,
+    oars,
     pgd,
     simba,
     square,

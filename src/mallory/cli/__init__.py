@@ -7,7 +7,7 @@
 * :mod:`mallory.cli.audit`: ``mallory audit``.
 """
 
-from mallory.cli import attack, audit, listing, runs, serving  # noqa: F401  (registers)
+from mallory.cli import attack, audit, check, listing, runs, serving  # noqa: F401  (registers)
 from mallory.cli.app import app
 
 

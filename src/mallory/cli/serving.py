@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mallory.cli.app import app, console, errors
-from mallory.errors import MalloryError
+from mallory.errors import InputError, MalloryError
 from mallory.serve.limits import DEFAULT_MAX_BATCH, DEFAULT_READ_TIMEOUT
 from mallory.systems.base import Output
 from mallory.threat import Exposure
+
+if TYPE_CHECKING:
+    from mallory.access.detectors import StatefulDetector
+
+DETECTOR_FPR = 0.001
+"""The share of benign training inputs a calibrated ``--detector`` would flag."""
 
 
 def _numbers(text: str, option: str, kind: type[int] | type[float]) -> list[Any]:
@@ -22,6 +28,28 @@ def _numbers(text: str, option: str, kind: type[int] | type[float]) -> list[Any]
         raise typer.BadParameter(
             f"expected numbers separated by commas, got {text!r}", param_hint=option
         ) from None
+
+
+def build_detector(model: str, threshold: float | None, k: int) -> StatefulDetector:
+    """The ``--detector`` of ``mallory serve``: one stateful detector that watches each client
+    address as an account, with ``threshold`` or, for a zoo model, calibrated on its training
+    data to flag 0.1% of benign inputs."""
+    from mallory.access.detectors import StatefulDetector
+    from mallory.zoo import list_models, load_dataset
+
+    if threshold is not None:
+        return StatefulDetector(threshold, k=k)
+    recipe = next((r for r in list_models() if r.name == model), None)
+    if recipe is None:
+        raise InputError(
+            f"--detector on {model!r} needs --detector-threshold: only a zoo model comes with "
+            "benign data to calibrate the detector on. Give the distance below which a query "
+            "is too close to the client's earlier ones (StatefulDetector.calibrate finds one "
+            "from benign inputs)."
+        )
+    return StatefulDetector.calibrate(
+        load_dataset(recipe.dataset, "train").x, fpr=DETECTOR_FPR, k=k
+    )
 
 
 @app.command()
@@ -85,11 +113,29 @@ def serve(
     output: Annotated[
         Output, typer.Option(help="what a saved torch or ONNX model returns")
     ] = Output.LOGITS,
+    detector: Annotated[
+        bool,
+        typer.Option(
+            help="refuse (403) a client once a query is too close to its earlier ones: a "
+            "stateful query-stream detector, one account per client address"
+        ),
+    ] = False,
+    detector_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="the detector's distance threshold (default: calibrated on a zoo model's "
+            "training data to flag 0.1% of benign inputs; needed for a saved file)",
+        ),
+    ] = None,
+    detector_k: Annotated[
+        int, typer.Option(help="earlier queries the detector compares each query with", min=1)
+    ] = 10,
 ) -> None:
     """Serve a model as an HTTP prediction API to attack as a black box: mallory's protocol
     (GET /info, POST /predict), which mallory.systems.http.HttpModel speaks, and the Open
     Inference Protocol V2 (/v2/models/NAME/infer); GET /openapi.json describes both. Every
-    error is JSON; Ctrl-C stops it."""
+    error is JSON; Ctrl-C stops it. With --detector, a client whose queries look like a
+    query attack's (too close to its earlier ones) is refused from then on."""
     from mallory.serve.server import Server, check_host, serve_forever
     from mallory.systems.saved import load_saved
     from mallory.zoo import load_model
@@ -101,6 +147,8 @@ def serve(
 
     def ready(server: Server) -> None:
         shown = f"top-{server.top_k}" if server.top_k is not None else server.exposure.value
+        if watch is not None:
+            shown += f", detector threshold {watch.threshold:.4g}"
         console.print(
             f"serving {system.name} at {server.url} (exposure {shown}): GET /info, "
             "POST /predict, /v2 (Open Inference Protocol), GET /openapi.json; Ctrl-C stops",
@@ -109,8 +157,11 @@ def serve(
             soft_wrap=True,
         )
 
+    watch: StatefulDetector | None = None
     try:
         check_host(host, allow_remote)
+        if detector:
+            watch = build_detector(model, detector_threshold, detector_k)
         if Path(model).suffix or Path(model).exists():  # zoo names have no dot
             system = load_saved(
                 model,
@@ -120,6 +171,8 @@ def serve(
             )
         else:
             system = load_model(model)
+        if watch is not None:
+            system = system.with_policies(watch)
         serve_forever(
             system,
             host=host,

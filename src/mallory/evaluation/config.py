@@ -62,7 +62,18 @@ if TYPE_CHECKING:
 
 __all__ = ["CampaignFile", "load_campaign", "parse_campaign"]
 
-TOP_KEYS = ("name", "seed", "store", "chunk", "review_band", "draws", "system", "data", "threat")
+TOP_KEYS = (
+    "name",
+    "seed",
+    "store",
+    "chunk",
+    "review_band",
+    "draws",
+    "system",
+    "data",
+    "threat",
+    "check",  # the gate's thresholds: read by mallory.evaluation.gate, not part of the run
+)
 CAMPAIGN = constraints(Campaign)
 CAMPAIGN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Campaign)}
 THREAT = constraints(ThreatModel)
@@ -161,7 +172,7 @@ def parse_campaign(
             review_band=band,
             draws=draws,
             system_name=system.name,
-            source=plain(data),
+            source=plain({k: v for k, v in data.items() if k != "check"}),
         )
     except InputError as error:
         raise InputError(f"{where}: {error}") from None

@@ -23,7 +23,11 @@ system or the data. Definitions (per threat model):
 * confidence on mistakes = the system's top probability on the breaking input (NaN when the
   system shows labels only); the review share is the share of those inside the run's review
   band;
-* the attacker's ledger and the evaluator's (the judge's own queries) are kept apart.
+* the attacker's ledger and the evaluator's (the judge's own queries) are kept apart;
+* queries until flagged = the attacker's charged queries (in the order it made them) before a
+  query-stream detector first refused one of its rows; an attack is *flagged* when a detector
+  refused any of its rows, and evades detection when it ran and none was (the report knows a
+  detector only by its refusals).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from mallory.store import Outcomes, Samples, Store, Unit
 EXAMPLES = 8  # gallery rows per threat model
 MEASURES = ("queries", "seconds", "money")
 SYSTEM_REASONS = {Reason.RATE, Reason.BAN, Reason.DETECTOR, Reason.SYSTEM}
+DETECTOR = {Reason.DETECTOR}
 _KNOWLEDGE = {"zero": 0, "limited": 1, "perfect": 2}
 _EXPOSURE = {"label": 0, "top-k": 1, "scores": 2, "logits": 3}
 
@@ -199,6 +204,7 @@ def _collect(
     if preface:
         calls = store.events(run, threat=t, attack=-1, account="attacker")
         ledger = _ledger_of(calls)
+        until = _queries_before(calls, DETECTOR)
         summaries.append(
             AttackSummary(
                 attack=preface[0].name,
@@ -211,6 +217,8 @@ def _collect(
                 standing_after=standing / n if n else math.nan,
                 ledger=ledger,
                 refused=sum(int((c.outcome == int(Outcome.REFUSED)).sum()) for c in calls),
+                flagged=not math.isnan(until),
+                queries_until_flagged=until,
             )
         )
     for a, entry in enumerate(plan["attacks"]):
@@ -220,6 +228,7 @@ def _collect(
         first = mine[0] if mine else None
         flags = list(dict.fromkeys(Flag.from_dict(f) for u in mine for f in u.flags))
         refused = sum(sum(u.refusals.values()) for u in mine)
+        detected = sum(int(u.refusals.get(Reason.DETECTOR.text, 0)) for u in mine)
         if first is not None and first.status == "not-run":
             summaries.append(
                 AttackSummary(
@@ -278,6 +287,14 @@ def _collect(
                 planned=first.planned if first is not None else None,
                 refused=refused,
                 flags=flags,
+                flagged=detected > 0,
+                queries_until_flagged=(
+                    _queries_before(
+                        store.events(run, threat=t, attack=a, account="attacker"), DETECTOR
+                    )
+                    if detected
+                    else math.nan
+                ),
             )
         )
     return _Collected(t, plan, ids, correct, breaking, spent, effort, summaries, units, [])
@@ -392,6 +409,7 @@ def _summary(
         queries_until_stopped=until,
         evaluator=_unit_evaluator(collected.units),
         flags=threat_flags,
+        queries_until_flagged=_queries_before(events, DETECTOR),
     )
 
 
@@ -410,18 +428,22 @@ def _stopped(refusals: dict[str, int], events: list[Call]) -> tuple[str | None, 
     by_system = {text: count for text, count in refusals.items() if text in texts}
     if not by_system:
         return None, math.nan
-    codes = torch.tensor([int(r) for r in SYSTEM_REASONS], dtype=torch.int8)
+    text = ", ".join(f"{count:,} rows {reason}" for reason, count in by_system.items())
+    return f"stopped by the system: {text}", _queries_before(events, SYSTEM_REASONS)
+
+
+def _queries_before(events: list[Call], reasons: set[Reason]) -> float:
+    """The charged queries of ``events``, in order, before the first row refused or blocked
+    for one of ``reasons`` (NaN when none was)."""
+    codes = torch.tensor([int(r) for r in reasons], dtype=torch.int8)
     before = 0
-    until = math.nan
     for call in events:
         hit = torch.isin(call.reason, codes)
         if bool(hit.any()):
             first = int(hit.nonzero()[0])
-            until = float(before + int(call.charged[:first].sum()))
-            break
+            return float(before + int(call.charged[:first].sum()))
         before += int(call.charged.sum())
-    text = ", ".join(f"{count:,} rows {reason}" for reason, count in by_system.items())
-    return f"stopped by the system: {text}", until
+    return math.nan
 
 
 def _unit_evaluator(units: list[Unit]) -> Ledger:

@@ -64,6 +64,9 @@ class AttackSummary:
     left standing); ``budget`` is its share of the per-sample query budget (None: unlimited)
     and ``planned`` the queries per sample it planned to spend; ``refused`` counts the rows
     the system or the budget refused it; ``flags`` are findings about its numbers.
+    ``flagged`` says whether a query-stream detector refused any of its rows (an attack that
+    ran unflagged evaded detection), with ``queries_until_flagged`` its queries before the
+    first (0 when the attacker was flagged before it began; NaN when never).
     """
 
     attack: str
@@ -83,6 +86,8 @@ class AttackSummary:
     planned: int | None = None
     refused: int = 0
     flags: list[Flag] = field(default_factory=list)
+    flagged: bool = False
+    queries_until_flagged: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,9 @@ class ThreatSummary:
     ``stopped`` says when the system itself stopped the attacker (a rate limit, a ban, a
     detector), with ``queries_until_stopped`` the attacker's queries before it first did.
     ``evaluator`` is the judge's own ledger for this threat model; ``flags`` are findings
-    about its numbers.
+    about its numbers. ``queries_until_flagged`` is the attacker's queries before a
+    query-stream detector first refused it (NaN when none did), beside ``effort_median``, its
+    queries until the first mistake.
     """
 
     name: str
@@ -181,6 +188,7 @@ class ThreatSummary:
     queries_until_stopped: float = math.nan
     evaluator: Ledger = field(default_factory=Ledger)
     flags: list[Flag] = field(default_factory=list)
+    queries_until_flagged: float = math.nan
 
 
 @dataclass(frozen=True)

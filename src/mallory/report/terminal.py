@@ -59,11 +59,28 @@ def _attack_line(index: int, attack: AttackSummary) -> str:
     )
     if attack.refused:
         line += f", {count(attack.refused)} rows refused"
+    if attack.flagged:
+        line += f", flagged after {num(attack.queries_until_flagged)} of its queries"
     if attack.interrupted:
         line += f", {count(attack.interrupted)} interrupted"
     if attack.error:
         line += f", error: {attack.error}"
     return line
+
+
+def detector_line(threat: ThreatSummary) -> str | None:
+    """When a query-stream detector flagged the attacker, beside the queries a sample's first
+    mistake took, and which attacks evaded it; None when no detector refused anything."""
+    if math.isnan(threat.queries_until_flagged):
+        return None
+    ran = [a for a in threat.attacks if a.status == "ran" and a.family != "inherited"]
+    evaded = [a.attack for a in ran if not a.flagged]
+    mistake = num(threat.effort_median.get("queries", math.nan))
+    return (
+        f"  a detector flagged the attacker after {num(threat.queries_until_flagged)} queries "
+        f"in all (a sample's first mistake took a median of {mistake}); "
+        + (f"evaded it: {', '.join(evaded)}" if evaded else "no attack evaded it")
+    )
 
 
 def _threat_line(threat: ThreatSummary) -> str:
@@ -111,6 +128,9 @@ def summary_lines(report: Report) -> list[str]:
                 f"  {threat.stopped}; the attacker had spent {num(threat.queries_until_stopped)} "
                 "queries when it was first refused"
             )
+        flagged = detector_line(threat)
+        if flagged is not None:
+            lines.append(flagged)
         lines.extend(_attack_line(i, a) for i, a in enumerate(threat.attacks, 1))
     lines.append(f"attacker's total spend: {ledger_text(report.ledger)}")
     return lines
@@ -174,6 +194,8 @@ def _attacks(threat: ThreatSummary) -> Table:
         problems = [] if a.status == "ran" else [f"not run: {a.reason}"]
         problems += [f"{count(a.interrupted)} interrupted"] if a.interrupted else []
         problems += [f"{count(a.refused)} rows refused"] if a.refused else []
+        flagged = f"flagged after {num(a.queries_until_flagged)} queries"
+        problems += [flagged] if a.flagged else []
         problems += [f.code for f in a.flags]
         problems += [a.error] if a.error else []
         share = "∞" if a.budget is None else count(a.budget)
@@ -272,6 +294,9 @@ def render_terminal(reports: list[Report], console: Console | None = None) -> No
                         style="yellow",
                     )
                 )
+            flagged = detector_line(threat)
+            if flagged is not None:
+                out.print(Text(f"{threat.name}:{flagged.removeprefix(' ')}", style="yellow"))
             if out.width >= WIDE:
                 out.print(_attacks(threat))
             else:  # a narrow terminal: one line per attack reads better than a crushed table

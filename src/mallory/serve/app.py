@@ -3,7 +3,9 @@
 The outer layer sees every request first and last: it refuses a head over the size limit
 (431) and a client over its rate limit (429 with ``Retry-After``), turns anything unexpected
 into a JSON 500 without a traceback, and appends the request to the query log. Inside,
-Starlette routes; its 404 and 405 (with ``Allow``) come back as JSON too.
+Starlette routes; its 404 and 405 (with ``Allow``) come back as JSON too. A system behind
+admission policies (a detector, a ban: :mod:`mallory.serve.admission`) has them applied to
+each parsed batch, the client's address as the account (403, or 429 for a rate limit).
 
 A POST's body is read with a deadline and a size limit before anything else looks at it,
 and the model's work (parsing, checks, the forward pass, the answer's JSON) runs on a
@@ -33,6 +35,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from mallory.serve import native, openapi, v2
+from mallory.serve.admission import ClientPolicies
 from mallory.serve.limits import ClientRateLimit
 from mallory.serve.protocol import Model, Refusal, Shown, read_json
 
@@ -84,6 +87,8 @@ class ServeApp:
         self.limits = model.limits
         self.name = v2.model_name(model.system.name)
         self.limiter = ClientRateLimit(rate_limit) if rate_limit is not None else None
+        policies = tuple(model.system.policies)
+        self.policies = ClientPolicies(policies) if policies else None
         self.query_log = query_log
         self.pending = 0
         self._worker: anyio.CapacityLimiter | None = None
@@ -224,6 +229,7 @@ class ServeApp:
         def work(body: bytes) -> bytes:
             x = native.inputs(read_json(body, self.limits.max_depth), model)
             request.scope["mallory"].inputs = len(x)
+            self._police(request, x)
             return _dumps(native.answer(self._run(x)))
 
         return await self._compute(request, work)
@@ -236,9 +242,16 @@ class ServeApp:
         def work(body: bytes) -> bytes:
             infer = v2.infer_request(read_json(body, self.limits.max_depth), model)
             request.scope["mallory"].inputs = len(infer.x)
+            self._police(request, infer.x)
             return _dumps(v2.answer(self._run(infer.x), infer, self.name, model))
 
         return await self._compute(request, work)
+
+    def _police(self, request: Request, x: Any) -> None:
+        """The system's own admission policies (on the worker thread: one request at a time)."""
+        if self.policies is not None:
+            client = request.client.host if request.client is not None else "unknown"
+            self.policies.check(client, x)
 
     def _run(self, x: Any) -> Shown:
         try:
