@@ -644,19 +644,29 @@ class Store:
         return None if row is None else bytes(row[0])
 
 
+_EXPERTISE = {"trick": "none", "decision": "low", "score": "low", "transfer": "medium"}
+
+
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A campaign configuration of store version 1 with the keys that appeared since, at the
     values that keep its meaning (so a campaign started before resumes)."""
     config = dict(config)
     config.setdefault("draws", None)
+    config.setdefault("economics", None)
     plans = []
     for plan in config.get("plans", []):
         plan = dict(plan)
         threat = dict(plan.get("threat", {}))
         threat.setdefault("feedback", "blocked")
+        threat.setdefault("price_per_second", 0.0)
+        threat.setdefault("price_per_account", 0.0)
         plan["threat"] = threat
         plan.setdefault("shares", None)
         plan.setdefault("extraction", None)
+        plan["attacks"] = [
+            {"expertise": _EXPERTISE.get(a.get("family", ""), "high"), **a}
+            for a in plan.get("attacks", [])
+        ]
         plans.append(plan)
     config["plans"] = plans
     return config

@@ -19,6 +19,7 @@ from torch import nn
 from mallory import InputError
 from mallory.evaluation.campaign import default_attacks
 from mallory.evaluation.config import (
+    ECONOMICS,
     SURROGATE_KEYS,
     THREAT_KEYS,
     TOP_KEYS,
@@ -27,6 +28,8 @@ from mallory.evaluation.config import (
     parse_campaign,
 )
 from mallory.evaluation.config_data import DATA_KEYS, FEATURE_KEYS, SYSTEM_KEYS
+from mallory.evaluation.config_http import url_keys
+from mallory.evaluation.config_layers import LAYER_KEYS
 from mallory.threat import PRESETS, Exposure, Goal, Norm, Targets
 from mallory.threat.features import FeatureConstraints
 from mallory.zoo import load_dataset
@@ -336,7 +339,7 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         _set("system.path", "m.onnx"),
         ["system: give either model", "or path, not both"],
     ),
-    ("no model", _set("system", {"name": "x"}), ["system: give either model", "not neither"]),
+    ("no model", _set("system", {"name": "x"}), ["system: give one of model", "or url"]),
     (
         "unknown model",
         _set("system.model", "digits-mlpp"),
@@ -670,6 +673,7 @@ def _toml_blocks() -> list[dict[str, Any]]:
 def test_the_reference_documents_every_key() -> None:
     text = DOCS.read_text(encoding="utf-8")
     keys = {*TOP_KEYS, *SYSTEM_KEYS, *DATA_KEYS, *THREAT_KEYS, *SURROGATE_KEYS, *FEATURE_KEYS}
+    keys |= {*LAYER_KEYS, *ECONOMICS, *url_keys()}
     missing = sorted(k for k in keys if f"| `{k}` |" not in text)
     assert not missing, f"docs/campaign.md has no table row for {missing}"
     for preset in PRESETS:
@@ -677,7 +681,7 @@ def test_the_reference_documents_every_key() -> None:
 
 
 def test_the_reference_examples_load(tmp_path: Path) -> None:
-    complete, saved = (b for b in _toml_blocks() if "system" in b)
+    complete, saved = (b for b in _toml_blocks() if "threat" in b and "system" in b)
     loaded = parse(complete, tmp_path)
     assert loaded.store == tmp_path / "runs" / "digits-audit.db"
     assert [p.threat.name for p in loaded.campaign.plans] == [
@@ -700,3 +704,18 @@ def test_the_reference_examples_load(tmp_path: Path) -> None:
     saved["threat"][1]["surrogate"].update(samples=10, rounds=1)
     plans = parse(saved, tmp_path).campaign.plans
     assert plans[0].threat.features == FeatureConstraints((2, 6, 1), ((0.0, 1.0), (), ()))
+
+
+def test_the_layers_and_economics_examples_of_the_reference_load(tmp_path: Path) -> None:
+    (layers,) = (b for b in _toml_blocks() if "layers" in b.get("system", {}))
+    (economics,) = (b for b in _toml_blocks() if "economics" in b)
+    data = {
+        **layers,
+        **economics,
+        "data": {"dataset": "phishing", "samples": 5},
+        "threat": [{"preset": "label-only", "attacks": ["feature-edit"]}],
+    }
+    campaign = parse(data, tmp_path).campaign
+    assert campaign.economics is not None and campaign.economics.damage == 40.0
+    assert dict(campaign.economics.expertise)["high"] == 20000.0
+    assert campaign.system.name.endswith("(layered)")

@@ -9,16 +9,20 @@ stronger system gives the comparison; the phishing run is tabular.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from mallory.evaluation.economics import Economics, risk
 from mallory.report.model import (
     AttackSummary,
     Curve,
+    Edits,
     Example,
     Grid,
     GridCell,
@@ -349,6 +353,29 @@ def phishing_report() -> Report:
         eps=3.0,
         attacks=[("jsma", "gradient", 6, 9, 9)],
         classes=2,
+    )
+    fell = edits.broken - 1  # sample 0 is a clean mistake
+    costs = [0.05 * float(q) for q in rng.integers(1, 30, size=fell)]
+    economics = Economics(damage=1.0, volume=10_000, countermeasure=2_000.0)
+    names = list(data.feature_names or ())
+    changed = [[f"{names[k % 9]}: 0 -> 1"] for k in range(fell)]
+    edits = dataclasses.replace(
+        edits,
+        edits=Edits(
+            samples=list(range(1, fell + 1)),
+            prices=costs,
+            changes=changed,
+            usage=dict(collections.Counter(c[0].split(":")[0] for c in changed).most_common()),
+            cheapest=min(costs),
+            median=float(np.median(costs)),
+        ),
+        risk=risk(
+            "feature-edits",
+            torch.tensor(costs + [math.nan] * (edits.attacked - fell)),
+            torch.tensor(costs + [1.5] * (edits.attacked - fell)),
+            ["none"] * fell + [None] * (edits.attacked - fell),
+            economics,
+        ),
     )
     threats = [edits, white_box]
     return Report(

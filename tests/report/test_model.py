@@ -31,6 +31,8 @@ DATACLASSES = [
     model.Curve,
     model.Histogram,
     model.Ledger,
+    model.Risk,
+    model.Edits,
 ]
 
 # The subset of JSON Schema (draft 2020-12) that schema.json may use: the validator below

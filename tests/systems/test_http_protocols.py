@@ -723,3 +723,53 @@ def test_cli_refuses_a_score_attack_on_a_label_api(net: nn.Module) -> None:
         done.output.split()
     )
     assert server.predictions == 0  # refused before a single query
+
+
+# ------------------------------------------------------------------------ a URL in a campaign file
+def test_a_campaign_file_attacks_an_api_through_its_mapping(tmp_path: Path) -> None:
+    """The label API of the issue, as a ``[system]`` table with ``url`` and ``[system.mapping]``;
+    its 500 and HTML-with-200 faults are retried, and every row the server answered is in a
+    ledger (the attacker's or the judge's)."""
+    from mallory.evaluation.config import parse_campaign
+    from mallory.zoo import load_model
+
+    digits_net = load_model("digits-mlp", progress=False).module  # type: ignore[attr-defined]
+    system = {
+        "url": "",
+        "protocol": "mapping",
+        "mapping": {
+            "path": "/v1/classify",
+            "request": {"instances": "$inputs"},
+            "labels": "predictions[*].label",
+        },
+        "input_shape": list(DIGITS),
+        "num_classes": 10,
+        "bounds": [0.0, 1.0],
+        "backoff": 0.01,
+    }
+    attack = {"name": "hopskipjump", "max_queries": 40, "init_evals": 5}
+    data = {
+        "system": system,
+        "data": {"dataset": "digits", "samples": 6},
+        "threat": [{"preset": "label-only", "queries_per_sample": 40, "attacks": [attack]}],
+    }
+    with api("custom", digits_net, shape=DIGITS, faults={2: "500", 5: "html"}) as server:
+        system["url"] = server.url
+        loaded = parse_campaign(data, base=tmp_path, where="api.toml", progress=False)
+        remote = loaded.campaign.system
+        assert isinstance(remote, HttpModel) and remote.exposes is Exposure.LABEL
+        report = loaded.campaign.run(tmp_path / "api.db", progress=False)
+        served = server.rows_ok
+    row = report.threats[0]
+    assert report.status == "complete" and row.attacks[0].attempted > 0
+    assert row.ledger.queries + report.evaluator.queries == served
+    assert remote.retries_made == 2
+    # an exposure richer than the API's, and an API that is down, are errors naming the file
+    with api("custom", digits_net, shape=DIGITS) as server:
+        system["url"], system["exposes"] = server.url, "scores"
+        with pytest.raises(InputError, match=r"api\.toml: system: .*label"):
+            parse_campaign(data, base=tmp_path, where="api.toml", progress=False)
+    # mallory's protocol asks the API for its model (/info) when the file is read
+    data["system"] = {"url": "http://127.0.0.1:9", "retries": 0, "connect_timeout": 0.5}
+    with pytest.raises(InputError, match=r"api\.toml: system: .*127\.0\.0\.1:9"):
+        parse_campaign(data, base=tmp_path, where="api.toml", progress=False)

@@ -63,6 +63,15 @@ class Reason(IntEnum):
     def text(self) -> str:
         return _REASON_TEXT[self]
 
+    @staticmethod
+    def of_text(text: str) -> Reason:
+        """The reason a stage's refusal names (a remote system's "banned", say: the texts of
+        a ban, a detector and a rate limit); ``SYSTEM`` for any other."""
+        for reason in (Reason.BAN, Reason.DETECTOR, Reason.RATE):
+            if reason.text in text:
+                return reason
+        return Reason.SYSTEM
+
 
 _REASON_TEXT = {
     Reason.NONE: "",

@@ -38,7 +38,9 @@ from mallory.access.exposure import as_logits, as_probabilities, hide_scores
 from mallory.access.judge import Judge
 from mallory.access.policies import Admission, Allowance, Chain, Policy, QueryBudget, Request
 from mallory.errors import AccessError, InputError, SystemFailure
-from mallory.systems.base import ABSTAINED, REFUSED, System, Verdict
+from mallory.systems.base import ABSTAINED as ABSTAINED  # the labels a refused or
+from mallory.systems.base import REFUSED as REFUSED  # abstained row shows (re-exported)
+from mallory.systems.base import System, Verdict
 from mallory.threat import Exposure, Feedback, Knowledge, Norm, ThreatModel
 
 if TYPE_CHECKING:
@@ -377,7 +379,7 @@ class Oracle:
             outcome[where] = got
             if bool(blocked.any()):
                 codes = reason[where].clone()
-                codes[blocked] = int(Reason.SYSTEM)
+                codes[blocked] = int(Reason.of_text(verdict.reason))
                 reason[where] = codes
         self._log(Kind.QUERY, ids, outcome, reason, sent, started, waited)
         labels = out.nan_to_num(-math.inf).argmax(1)

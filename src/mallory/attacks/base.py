@@ -117,7 +117,7 @@ class Attack:
             "access": cls.access.name.lower(),
             "needs": sorted(n.value for n in cls.needs),
             "paper": cls.paper,
-            "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            "summary": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
             "params": params,
             **cls._describe_more(),
         }

@@ -9,6 +9,7 @@ app = typer.Typer(
     help="mallory: test an ML system the way its attackers will.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 console = Console()
 errors = Console(stderr=True)

@@ -15,6 +15,7 @@ from mallory.threat import Exposure
 
 if TYPE_CHECKING:
     from mallory.access.detectors import StatefulDetector
+    from mallory.access.policies import Policy
 
 DETECTOR_FPR = 0.001
 """The share of benign training inputs a calibrated ``--detector`` would flag."""
@@ -50,6 +51,29 @@ def build_detector(model: str, threshold: float | None, k: int) -> StatefulDetec
     return StatefulDetector.calibrate(
         load_dataset(recipe.dataset, "train").x, fpr=DETECTOR_FPR, k=k
     )
+
+
+def served_policies(
+    rate_limit: float | None, detector: StatefulDetector | None, ban_after: int | None
+) -> list[Policy]:
+    """The served system's own admission policies: with ``ban_after``, a Ban first (it reads
+    the refusals of the others), then the rate limit (here, not the server's outer one, so
+    that the Ban sees it) and the detector."""
+    from mallory.access.policies import Ban, RateLimit
+
+    policies: list[Policy] = []
+    if ban_after is not None:
+        if rate_limit is None and detector is None:
+            raise InputError(
+                "--ban-after bans a client after refusals by --rate-limit or --detector; give "
+                "one of them too."
+            )
+        policies.append(Ban(after=ban_after))
+        if rate_limit is not None:
+            policies.append(RateLimit(rate_limit, burst=max(1.0, rate_limit)))
+    if detector is not None:
+        policies.append(detector)
+    return policies
 
 
 @app.command()
@@ -130,12 +154,21 @@ def serve(
     detector_k: Annotated[
         int, typer.Option(help="earlier queries the detector compares each query with", min=1)
     ] = 10,
+    ban_after: Annotated[
+        int | None,
+        typer.Option(
+            help="ban a client for good (403) once this many of its input rows were refused "
+            "by --rate-limit or --detector (default: no bans)",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Serve a model as an HTTP prediction API to attack as a black box: mallory's protocol
     (GET /info, POST /predict), which mallory.systems.http.HttpModel speaks, and the Open
     Inference Protocol V2 (/v2/models/NAME/infer); GET /openapi.json describes both. Every
     error is JSON; Ctrl-C stops it. With --detector, a client whose queries look like a
-    query attack's (too close to its earlier ones) is refused from then on."""
+    query attack's (too close to its earlier ones) is refused from then on; with --ban-after,
+    a client refused that many rows is banned for good."""
     from mallory.serve.server import Server, check_host, serve_forever
     from mallory.systems.saved import load_saved
     from mallory.zoo import load_model
@@ -171,15 +204,16 @@ def serve(
             )
         else:
             system = load_model(model)
-        if watch is not None:
-            system = system.with_policies(watch)
+        policies = served_policies(rate_limit, watch, ban_after)
+        if policies:
+            system = system.with_policies(*policies)
         serve_forever(
             system,
             host=host,
             port=port,
             exposure=exposure,
             top_k=top_k,
-            rate_limit=rate_limit,
+            rate_limit=None if ban_after is not None else rate_limit,
             max_batch=max_batch,
             max_body_bytes=max_body_bytes,
             read_timeout=read_timeout,

@@ -43,6 +43,7 @@ from mallory.attacks.extraction.base import ExtractionAttack
 from mallory.attacks.surrogate import Surrogate
 from mallory.errors import AccessError, InputError, SystemFailure, bad_param
 from mallory.evaluation.budget import shares as budget_shares
+from mallory.evaluation.economics import Economics
 from mallory.jsonable import plain
 from mallory.params import Boolean, Instance, Interval, ListOf, OrNone, Text, check_fields, param
 from mallory.report.model import Report
@@ -230,6 +231,7 @@ class ThreatPlan:
                 {
                     "name": a.name,
                     "family": a.attacker_family().name.lower(),
+                    "expertise": a.expertise(),
                     "params": plain(a.params()),
                 }
                 for a in self.attacks
@@ -246,7 +248,9 @@ class Campaign:
     committed at once (smaller: less redone after a crash, more transactions);
     ``review_band`` is the ``(low, high)`` confidence a human would review; ``draws`` is how
     many answers the judge's vote takes on a randomized system (None: the judge's default);
-    ``source`` is any JSON-ready description of where the system and data came from (kept
+    ``economics`` holds the defender's figures (damage per evasion, the countermeasure's
+    cost) that the report's risk rows weigh the attacker's costs against (None: no risk
+    rows); ``source`` is any JSON-ready description of where the system and data came from (kept
     with the run).
     """
 
@@ -279,6 +283,11 @@ class Campaign:
         OrNone(Interval(low=1, integral=True), "for the judge's default"),
         None,
         help="answers per vote on a randomized system",
+    )
+    economics: Economics | None = param(
+        OrNone(Instance(Economics, "an Economics"), "for no risk rows"),
+        None,
+        help="the defender's damage and countermeasure figures",
     )
     system_name: str = param(Text(blank=True), "", help="what the report calls the system")
     source: dict[str, Any] = param(
@@ -353,6 +362,7 @@ class Campaign:
             "chunk": self.chunk,
             "review_band": list(self.review_band),
             "draws": self.draws,
+            "economics": None if self.economics is None else self.economics.to_dict(),
             "plans": [p.describe() for p in self.plans],
             "source": plain(self.source),
         }

@@ -53,6 +53,7 @@ from mallory.evaluation.config_data import (
     read_system,
 )
 from mallory.evaluation.config_table import Table, closest, kind, plain, resolve
+from mallory.evaluation.economics import Economics
 from mallory.params import Options, Text, constraints
 from mallory.threat import PRESETS, Goal, Targets, ThreatModel
 from mallory.threat.model import PRESET
@@ -72,10 +73,12 @@ TOP_KEYS = (
     "system",
     "data",
     "threat",
+    "economics",
     "check",  # the gate's thresholds: read by mallory.evaluation.gate, not part of the run
 )
 CAMPAIGN = constraints(Campaign)
 CAMPAIGN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Campaign)}
+ECONOMICS = constraints(Economics)
 THREAT = constraints(ThreatModel)
 """What each ``[[threat]]`` key of a ThreatModel field accepts: the field's own constraint."""
 THREAT_FIELDS = tuple(THREAT)
@@ -148,6 +151,7 @@ def parse_campaign(
             "threat",
             f"must be a non-empty array of tables, one [[threat]] per threat model; got {got}.",
         )
+    economics = _read_economics(top, where)
     context = _Context(where, seed, system, chosen, {})
     plans: list[ThreatPlan] = []
     for i, values in enumerate(threats):
@@ -171,12 +175,27 @@ def parse_campaign(
             chunk=chunk,
             review_band=band,
             draws=draws,
+            economics=economics,
             system_name=system.name,
             source=plain({k: v for k, v in data.items() if k != "check"}),
         )
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
     return CampaignFile(campaign, store)
+
+
+def _read_economics(top: Table, where: str) -> Economics | None:
+    """The ``[economics]`` table: the defender's figures for the report's risk rows."""
+    if not top.has("economics"):
+        return None
+    table = Table(top.get("economics"), "economics", where, tuple(ECONOMICS))
+    if not table.has("damage"):
+        raise table.fail(
+            None, "needs damage = <money lost per successful evasion> (a number >= 0)."
+        )
+    return Economics(
+        **{key: table.read(key, ECONOMICS[key]) for key in ECONOMICS if table.has(key)}
+    )
 
 
 @dataclass(frozen=True)

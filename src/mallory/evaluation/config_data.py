@@ -42,12 +42,39 @@ class SystemChoice:
 
 
 def read_system(values: Any, *, base: Path, where: str, progress: bool) -> SystemChoice:
-    """The ``[system]`` table: a zoo model, or a saved model file."""
+    """The ``[system]`` table: a zoo model, a saved model file or a prediction API's ``url``
+    (and its ``layers``)."""
     from mallory.zoo import list_models, load_model
+
+    if isinstance(values, dict) and "layers" in values:
+        from mallory.evaluation.config_layers import read_layers
+
+        bare = {k: v for k, v in values.items() if k != "layers"}
+        choice = read_system(bare, base=base, where=where, progress=progress)
+        wrapped = read_layers(
+            values["layers"],
+            choice.system,
+            base=base,
+            where=where,
+            at="system",
+            progress=progress,
+            dataset=choice.dataset,
+        )
+        return SystemChoice(wrapped, choice.name, choice.dataset)
+
+    if isinstance(values, dict) and "url" in values:
+        from mallory.evaluation.config_http import read_url_system
+
+        return read_url_system(values, where=where, bounds=FILE_BOUNDS)
 
     table = Table(values, "system", where, SYSTEM_KEYS)
     name = table.read("name", NAME, None)
     deterministic = table.read("deterministic", DETERMINISTIC, True)
+    if not table.has("model") and not table.has("path"):
+        raise table.fail(
+            None,
+            "give one of model (a zoo model), path (a saved model file) or url (a prediction API).",
+        )
     if table.one_of("model", "path", "a zoo model") == "model":
         table.only_with(("input_shape", "bounds", "output"), "path")
         recipes = {r.name: r for r in list_models()}

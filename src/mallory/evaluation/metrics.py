@@ -33,7 +33,7 @@ system or the data. Definitions (per threat model):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,19 +41,23 @@ from torch import Tensor
 
 from mallory.access.events import Call, Outcome, Reason
 from mallory.access.judge import DEFAULT_DRAWS
+from mallory.evaluation.economics import Economics, risk
 from mallory.flags import RANDOMIZED, Flag
 from mallory.report.model import (
     AttackSummary,
     Curve,
+    Edits,
     Example,
     Grid,
     GridCell,
     Histogram,
     Ledger,
     Report,
+    Risk,
     ThreatSummary,
 )
 from mallory.store import Outcomes, Samples, Store, Unit
+from mallory.threat.features import FeatureConstraints
 
 EXAMPLES = 8  # gallery rows per threat model
 MEASURES = ("queries", "seconds", "money")
@@ -173,6 +177,7 @@ class _Collected:
     attacks: list[AttackSummary]
     units: list[Unit]
     inherited: list[dict[str, Any]]
+    levels: dict[int, str | None] = field(default_factory=dict)  # expertise of the first break
 
 
 def _collect(
@@ -197,6 +202,7 @@ def _collect(
     spent = {m: torch.zeros(n, dtype=torch.float64) for m in MEASURES}
     position = {int(i): k for k, i in enumerate(ids)}
     breaking: Breaking = {}
+    levels: dict[int, str | None] = {}
     effort = {m: torch.full((n,), math.nan, dtype=torch.float64) for m in MEASURES}
     summaries = []
     standing = attacked
@@ -262,6 +268,7 @@ def _collect(
                     breaking[sid] = (entry["name"], out, r)
                 continue
             breaking[sid] = (entry["name"], out, r)
+            levels[sid] = entry.get("expertise")
             newly += 1
             for m in MEASURES:
                 effort[m][position[sid]] = spent[m][position[sid]]
@@ -297,7 +304,7 @@ def _collect(
                 ),
             )
         )
-    return _Collected(t, plan, ids, correct, breaking, spent, effort, summaries, units, [])
+    return _Collected(t, plan, ids, correct, breaking, spent, effort, summaries, units, [], levels)
 
 
 def _inherit(plans: list[dict[str, Any]], collected: list[_Collected]) -> None:
@@ -315,6 +322,7 @@ def _inherit(plans: list[dict[str, Any]], collected: list[_Collected]) -> None:
             gained = [sid for sid in weak.breaking if sid not in strong.breaking]
             for sid in gained:
                 strong.breaking[sid] = weak.breaking[sid]
+                strong.levels[sid] = weak.levels.get(sid)
                 k = position[sid]
                 for m in MEASURES:
                     strong.effort[m][k] = weak.effort[m][k]
@@ -366,6 +374,7 @@ def _summary(
     threat_flags = list(
         dict.fromkeys(f for a in summaries for f in a.flags if f.code == "stopped-by-system")
     )
+    edits = _edits(breaking, threat, config, samples)
     return ThreatSummary(
         name=threat["name"],
         threat=threat,
@@ -410,6 +419,90 @@ def _summary(
         evaluator=_unit_evaluator(collected.units),
         flags=threat_flags,
         queries_until_flagged=_queries_before(events, DETECTOR),
+        risk=_risk(collected, config, events, edits),
+        edits=edits,
+    )
+
+
+def _constraints(threat: dict[str, Any], config: dict[str, Any]) -> FeatureConstraints | None:
+    """The threat model's priced feature constraints (None when it has none, or no prices)."""
+    data = threat.get("features")
+    if not data or not (data.get("prices") or data.get("unit_prices") or data.get("groups")):
+        return None
+    plain_data = {k: v for k, v in data.items() if k != "extractor"}  # prices need no code
+    plain_data.setdefault("names", config.get("feature_names") or ())
+    constraints = FeatureConstraints.from_dict(plain_data)
+    return constraints if constraints.priced else None
+
+
+def _edits(
+    breaking: Breaking, threat: dict[str, Any], config: dict[str, Any], samples: Samples
+) -> Edits | None:
+    """What each breaking input changed and its price, under priced feature constraints."""
+    constraints = _constraints(threat, config)
+    if constraints is None:
+        return None
+    index = {int(i): k for k, i in enumerate(samples.ids)}
+    ids = [sid for sid in sorted(breaking) if sid in breaking[sid][1].x_adv]
+    if not ids:
+        return Edits([], [], [], {}, math.nan, math.nan)
+    x = samples.x[[index[sid] for sid in ids]]
+    x_adv = torch.stack([breaking[sid][1].x_adv[sid] for sid in ids]).to(x)
+    prices = constraints.cost(x_adv, x).tolist()
+    words = constraints.edits(x_adv, x)
+    usage: dict[str, int] = {}
+    for row in words:
+        for word in row:
+            feature = word.split(":")[0] if ":" in word else word
+            usage[feature] = usage.get(feature, 0) + 1
+    ranked = dict(sorted(usage.items(), key=lambda item: (-item[1], item[0])))
+    return Edits(
+        samples=ids,
+        prices=prices,
+        changes=[list(row) for row in words],
+        usage=ranked,
+        cheapest=min(prices),
+        median=_median(prices),
+    )
+
+
+def _risk(
+    collected: _Collected, config: dict[str, Any], events: list[Call], edits: Edits | None
+) -> Risk | None:
+    """The economics row of a threat model (None when the campaign declares no economics).
+
+    The attacker's money per sample: queries at the threat model's price, the seconds its
+    attacks took at the price of a second, when the system banned the attacker after Q
+    queries a new account every Q queries, and under priced features the breaking edit's
+    price."""
+    if not config.get("economics"):
+        return None
+    threat = collected.plan["threat"]
+    correct = collected.correct
+    banned = _queries_before(events, {Reason.BAN})
+    per_query = 0.0
+    if not math.isnan(banned):
+        per_query = threat.get("price_per_account", 0.0) / max(banned, 1.0)
+
+    def money(measure: dict[str, Tensor]) -> Tensor:
+        return (
+            measure["money"]
+            + measure["seconds"] * threat.get("price_per_second", 0.0)
+            + measure["queries"] * per_query
+        )[correct]
+
+    ids = collected.ids[correct].tolist()
+    first = money(collected.effort)
+    if edits is not None:
+        price = dict(zip(edits.samples, edits.prices, strict=True))
+        extra = torch.tensor([price.get(int(i), 0.0) for i in ids], dtype=torch.float64)
+        first = first + extra
+    return risk(
+        threat["name"],
+        first,
+        money(collected.spent),
+        [collected.levels.get(int(i)) for i in ids],
+        Economics.from_dict(config["economics"]),
     )
 
 

@@ -2,7 +2,8 @@
 
 Plots are inline SVG (:mod:`mallory.report.plots`), images PNG data URIs
 (:mod:`mallory.report.png`). Every section is a ``<section>`` with a stable id: ``header``,
-``matrix``, ``security-curves``, ``survival``, ``confidence``, ``gallery``, ``grid``, ``footer``.
+``matrix``, ``security-curves``, ``survival``, ``confidence``, ``gallery``, ``grid``, ``risk``,
+``footer``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from mallory.report.html_images import gallery_section, grid_section
 from mallory.report.html_matrix import matrix_section
 from mallory.report.markup import cell, esc, section, table
 from mallory.report.model import Report
+from mallory.report.risk_view import risk_section
 from mallory.report.views import check_reports, system_labels
 
 SECTIONS = (
@@ -23,6 +25,7 @@ SECTIONS = (
     "confidence",
     "gallery",
     "grid",
+    "risk",
     "footer",
 )
 
@@ -166,6 +169,7 @@ def render_html(reports: list[Report]) -> str:
         confidence_section(reports),
         gallery_section(reports),
         grid_section(reports),
+        risk_section(reports),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -135,6 +135,59 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class Risk:
+    """The economics of one threat model, for the campaign's declared figures.
+
+    ``costs`` holds, per attacked sample (those the system gets right), what the attacker spent
+    until its first mistake (queries at the threat model's price, seconds of computing at
+    its price, new accounts after a ban), NaN where it stood; ``levels`` the expertise of the
+    attack that broke it. The attacker chooses the ``expertise`` level that pays best (its
+    one-off price is ``fixed``); at that level ``paying`` samples break at a cost below the
+    ``damage``, so the ``likelihood`` (``paying / attacked``, named by ``band``) times
+    ``volume`` inputs times the damage is the defender's ``expected_loss``;
+    ``attacker_cost`` is what the attacker spends over those inputs (stopping at the damage
+    on an input that resists) and ``attacker_profit`` the difference.
+    ``worth_countermeasure`` says whether the expected loss exceeds the countermeasure's
+    cost.
+    """
+
+    threat: str
+    attacked: int
+    broken: int
+    costs: list[float]
+    levels: list[str | None]
+    cheapest: float
+    median: float
+    expertise: str | None
+    fixed: float
+    paying: int
+    likelihood: float
+    band: str
+    damage: float
+    volume: int
+    expected_loss: float
+    attacker_cost: float
+    attacker_profit: float
+    countermeasure: float
+    worth_countermeasure: bool
+
+
+@dataclass(frozen=True)
+class Edits:
+    """What the breaking inputs changed, under a threat model whose features are priced
+    (attacks in problem space): per broken sample (``samples``, in id order) what its edit
+    costs at the constraints' prices and the edits in words (``"https: 0 -> 1"``);
+    ``usage`` counts the breaking inputs that change each feature, most used first."""
+
+    samples: list[int]
+    prices: list[float]
+    changes: list[list[str]]
+    usage: dict[str, int]
+    cheapest: float
+    median: float
+
+
+@dataclass(frozen=True)
 class ThreatSummary:
     """What one threat model found.
 
@@ -158,7 +211,9 @@ class ThreatSummary:
     ``evaluator`` is the judge's own ledger for this threat model; ``flags`` are findings
     about its numbers. ``queries_until_flagged`` is the attacker's queries before a
     query-stream detector first refused it (NaN when none did), beside ``effort_median``, its
-    queries until the first mistake.
+    queries until the first mistake. ``risk`` weighs the attacker's costs against the damage
+    the campaign declares (None without ``economics``); ``edits`` what the breaking inputs
+    changed and what that costs, when the threat model's features are priced.
     """
 
     name: str
@@ -189,6 +244,8 @@ class ThreatSummary:
     evaluator: Ledger = field(default_factory=Ledger)
     flags: list[Flag] = field(default_factory=list)
     queries_until_flagged: float = math.nan
+    risk: Risk | None = None
+    edits: Edits | None = None
 
 
 @dataclass(frozen=True)

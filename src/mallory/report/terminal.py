@@ -13,6 +13,7 @@ from rich.text import Text
 
 from mallory.report.fmt import count, delta, ledger_text, num, pct
 from mallory.report.model import AttackSummary, Report, ThreatSummary
+from mallory.report.risk_view import edits_lines, risk_lines
 from mallory.report.views import (
     DISTANCE_NAMES,
     DISTANCES,
@@ -132,6 +133,8 @@ def summary_lines(report: Report) -> list[str]:
         if flagged is not None:
             lines.append(flagged)
         lines.extend(_attack_line(i, a) for i, a in enumerate(threat.attacks, 1))
+        lines.extend(edits_lines(threat))
+        lines.extend(risk_lines(threat))
     lines.append(f"attacker's total spend: {ledger_text(report.ledger)}")
     return lines
 
@@ -303,6 +306,11 @@ def render_terminal(reports: list[Report], console: Console | None = None) -> No
                 out.print(Text(f"{threat.name}: attack sequence", style="italic"))
                 for i, attack in enumerate(threat.attacks, 1):
                     out.print(Text(_attack_line(i, attack)))
+            priced = [*edits_lines(threat), *risk_lines(threat)]
+            if priced:
+                out.print(Text(f"{threat.name}: edits and economics", style="italic"))
+                for line in priced:
+                    out.print(Text(line))
         return
     a, b = reports
     change = delta(a.clean_accuracy, b.clean_accuracy, share=True)

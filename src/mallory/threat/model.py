@@ -104,7 +104,9 @@ class ThreatModel:
     ``math.inf`` leaves it unbounded, as minimal-perturbation attacks (Carlini-Wagner, DeepFool)
     report the smallest perturbation they find. Every input also stays inside the system's
     input bounds. ``knowledge`` applies to every stage unless ``stage_knowledge`` names the stage.
-    Budgets of ``None`` are unlimited; a query counts when the system processed it. ``features``
+    Budgets of ``None`` are unlimited; a query counts when the system processed it. The prices
+    (per query, per second of computing, per new account after a ban) make the attacker's cost
+    model: what the report's economics weigh against the damage. ``features``
     limits which input features the attacker may change and to which values (tabular data).
     ``feedback`` is what the attacker sees when the system refuses a query (its rate limit,
     ban, detector or a blocking stage); the attacker's own budget is always seen as blocked.
@@ -149,6 +151,12 @@ class ThreatModel:
     )
     price_per_query: float = param(
         Interval(low=0.0), 0.0, help="what a query costs the attacker (money)"
+    )
+    price_per_second: float = param(
+        Interval(low=0.0), 0.0, help="what a second of the attack's computing costs (money)"
+    )
+    price_per_account: float = param(
+        Interval(low=0.0), 0.0, help="what a new account costs the attacker after a ban (money)"
     )
     adaptive: bool = param(Boolean(), True, help="whether the attacker knows the defense")
     features: FeatureConstraints | None = param(
@@ -212,6 +220,8 @@ class ThreatModel:
             "queries_per_sample": self.queries_per_sample,
             "queries_total": self.queries_total,
             "price_per_query": self.price_per_query,
+            "price_per_second": self.price_per_second,
+            "price_per_account": self.price_per_account,
             "adaptive": self.adaptive,
             "feedback": self.feedback.value,
             "features": None if self.features is None else self.features.to_dict(),

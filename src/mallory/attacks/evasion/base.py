@@ -33,7 +33,7 @@ from torch import Tensor
 from mallory import flags
 from mallory.access.events import Reason
 from mallory.access.judge import Judge
-from mallory.access.oracle import Access, Oracle
+from mallory.access.oracle import REFUSED, Access, Oracle
 from mallory.access.record import Record
 from mallory.access.view import OracleView
 from mallory.attacks.base import Attack, Kind, attack_class, list_attacks
@@ -67,6 +67,15 @@ class Family(IntEnum):
         }[access]
 
 
+_EXPERTISE = {
+    Family.TRICK: "none",
+    Family.DECISION: "low",
+    Family.SCORE: "low",
+    Family.TRANSFER: "medium",
+    Family.GRADIENT: "high",
+}
+
+
 class EvasionAttack(Attack):
     """Base of every evasion attack. See the module docstring for what it does around ``_run``.
 
@@ -79,6 +88,7 @@ class EvasionAttack(Attack):
     goals: ClassVar[frozenset[Goal]] = frozenset(Goal)
     minimizes: ClassVar[bool] = False
     family: ClassVar[Family | None] = None
+    expertise_level: ClassVar[str | None] = None  # None: derived from the family
 
     def keeps_closest(self) -> bool:
         """Whether the base may replace a successful output by a closer adversarial query the
@@ -335,12 +345,22 @@ class EvasionAttack(Attack):
         return cls.family if cls.family is not None else Family.of_access(cls.access)
 
     @classmethod
+    def expertise(cls) -> str:
+        """The expertise it assumes of its attacker (its one-off price in the economics):
+        ``none`` (the cheap tricks), ``low`` (a query tool), ``medium`` (a surrogate to build),
+        ``high`` (white-box: the model and the skill to attack it)."""
+        if cls.expertise_level is not None:
+            return cls.expertise_level
+        return _EXPERTISE[cls.attacker_family()]
+
+    @classmethod
     def _describe_more(cls) -> dict[str, Any]:
         return {
             "norms": sorted(n.value for n in cls.norms),
             "goals": sorted(g.value for g in cls.goals),
             "minimizes": cls.minimizes,
             "family": cls.attacker_family().name.lower(),
+            "expertise": cls.expertise(),
         }
 
 
@@ -422,6 +442,19 @@ def _judge_with_record(
         predictions[rows], success[rows] = alt_pred, alt_ok
         confidence[rows.cpu()] = alt.confidence[keep]
         agreement[rows.cpu()] = alt.agreement[keep]
+    # a system that refuses the judge as well (a remote API that banned this client): what
+    # the attacker saw the system answer before is the only evidence left
+    unheard = (predictions == REFUSED) & record.found.to(y.device) & ~success
+    if bool(unheard.any()):
+        rows = unheard.nonzero().squeeze(1)
+        candidates = candidates.clone()
+        candidates[rows] = record.best[rows]
+        predictions[rows] = record.label[rows].to(predictions)
+        success[rows] = _success(
+            predictions[rows], y[rows], None if targets is None else targets[rows]
+        )
+        confidence[rows.cpu()] = record.confidence[rows].to(confidence)
+        agreement[rows.cpu()] = math.nan
     return candidates, success, predictions, confidence, agreement
 
 

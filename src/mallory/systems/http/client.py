@@ -8,6 +8,7 @@ within a budget, ``Retry-After``, a client-side rate limit, and errors that name
             ──► 2xx: decode ── Malformed ──┐
                 429, 5xx ──────────────────┤ retried after Retry-After or backoff,
                 timeout, connection error ─┘ within retries per request and retry_budget
+                403, or 429 past them: Refused (the system refusing this client)
                 other status: SystemFailure at once
 """
 
@@ -22,7 +23,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -98,6 +99,30 @@ def base_url(url: object) -> str:
             "Give the API's base URL, e.g. http://127.0.0.1:8000."
         )
     return str(url).rstrip("/")
+
+
+class Refused(SystemFailure):
+    """The API refused a request: 403, or 429 once the retries are spent. ``reason`` is what
+    the API said (mallory serve: ``banned``, ``flagged by a detector``; ``rate limited`` for
+    a 429). After the API has answered this client, it is the system refusing it (a ban, a
+    detector, a rate limit), not a broken setup (:class:`~mallory.systems.http.HttpModel`
+    then reports refused rows)."""
+
+    def __init__(self, message: str, *, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def refusal_reason(status: int, data: bytes) -> str:
+    """Why the API refused, from a JSON body like ``{"error": "refused: banned"}``."""
+    try:
+        said = json.loads(data).get("error", "")
+    except (ValueError, AttributeError):
+        said = ""
+    if isinstance(said, str) and said.startswith("refused: "):
+        return said.removeprefix("refused: ").split(";")[0].strip()
+    return "rate limited" if status == 429 else f"refused by the API (HTTP {status})"
 
 
 class Client:
@@ -179,6 +204,7 @@ class Client:
             with self._lock:
                 self.requests_sent += 1
             wait: float | None = None
+            status, data = 0, b""
             try:
                 response = self._http.request(method, url, content=body, headers=headers)
             except (httpx.TimeoutException, TimeoutError) as error:
@@ -199,22 +225,27 @@ class Client:
                     what = f"HTTP {status}: {excerpt(data)}"
                     wait = retry_after_seconds(response.headers.get("retry-after"))
                     if wait is not None and wait > MAX_RETRY_AFTER:
-                        raise SystemFailure(
+                        raise (Refused if status == 429 else SystemFailure)(
                             f"{where} answered {what}, and asked to wait {wait:g} s before trying "
                             f"again: more than the {MAX_RETRY_AFTER:g} s this client waits. Lower "
-                            "rate_limit, or try later."
+                            "rate_limit, or try later.",
+                            **_refusal(status, data),
                         )
                 else:
-                    raise SystemFailure(
+                    raise (Refused if status == 403 else SystemFailure)(
                         f"{where} was refused: HTTP {status}: {excerpt(data)}."
-                        f"{_hint(status, response)}"
+                        f"{_hint(status, response)}",
+                        **_refusal(status, data),
                     )
             if attempt >= self.retries:
                 tries = f"{attempt + 1} attempt{'s' * (attempt > 0)}"
-                raise SystemFailure(
+                message = (
                     f"{where} failed after {tries}: {what}. Check that the API is up and speaks "
                     "the protocol given, or raise timeout/retries."
                 )
+                if status == 429:
+                    raise Refused(message, **_refusal(status, data))
+                raise SystemFailure(message)
             with self._lock:
                 spent = self.retry_budget is not None and self.retries_made >= self.retry_budget
                 if not spent:
@@ -237,11 +268,23 @@ class Client:
         return f"timed out ({type(error).__name__}) after {self.timeout:g} s"
 
 
+def _refusal(status: int, data: bytes) -> dict[str, Any]:
+    """Refused's own arguments (none for a plain SystemFailure)."""
+    if status in (403, 429):
+        return {"status": status, "reason": refusal_reason(status, data)}
+    return {}
+
+
 def _hint(status: int, response: httpx.Response) -> str:
     if status == 413:
         return " Lower batch_size, or raise the server's limits."
-    if status in (401, 403):
+    if status == 401:
         return " Check the credentials: token_env and headers."
+    if status == 403:
+        return (
+            " Check the credentials (token_env and headers), or the API refuses this client "
+            "(a ban, a detector)."
+        )
     if status == 404:
         return " Check the URL, the protocol and model_name."
     if 300 <= status < 400:

@@ -32,9 +32,10 @@ from mallory.systems.base import (
     Output,
     Stage,
     System,
+    Verdict,
 )
 from mallory.systems.http.answers import Inputs, as_rows
-from mallory.systems.http.client import Client, Transport, base_url
+from mallory.systems.http.client import Client, Refused, Transport, base_url
 from mallory.systems.http.mapping import HEADERS_TEXT, HttpMapping
 from mallory.systems.http.protocols import (
     Codec,
@@ -222,6 +223,7 @@ class HttpModel(System):
             transport=transport,
         )
         self._wire = codec
+        self._answered = False  # a prediction came back: later refusals are the system's
         try:  # the connections close when the setup fails
             described = self._describe(codec, declared, top_k)
             system = self._system(described, input_shape, num_classes, bounds, batch_size)
@@ -443,7 +445,11 @@ class HttpModel(System):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _predict(self, x: Tensor) -> Tensor:
+    def _predict(self, x: Tensor) -> Tensor | Verdict:
+        """The API's answers on ``x``, batch by batch. Once the API has answered, a batch it
+        refuses (403, or 429 past the retries: a ban, a detector, a rate limit) becomes refused
+        rows of a Verdict, so an attack sees the system stop it rather than crash; a refusal
+        before any answer is a SystemFailure (credentials, a wrong URL)."""
         n = len(x)
         flat = x.detach().reshape(n, -1).cpu()
         if flat.shape[1] != self._features:
@@ -458,6 +464,8 @@ class HttpModel(System):
             )
         codec = self._wire
         parts = []
+        refused = torch.zeros(n, dtype=torch.bool)
+        reasons: list[str] = []
         for start in range(0, n, self.batch_size):
             inputs = Inputs(flat[start : start + self.batch_size], self.input_shape)
             method, path, body = codec.request(inputs)
@@ -473,9 +481,20 @@ class HttpModel(System):
                     class_names=self.class_names,
                 )
 
-            parts.append(self._client.call(method, path, body, decode))
+            try:
+                parts.append(self._client.call(method, path, body, decode))
+                self._answered = True
+            except Refused as refusal:
+                if not self._answered:
+                    raise
+                parts.append(np.zeros((size, self.num_classes)))
+                refused[start : start + size] = True
+                reasons.append(refusal.reason)
         out = np.concatenate(parts) if parts else np.zeros((0, self.num_classes))
-        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+        values = torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+        if not reasons:
+            return values
+        return Verdict(values, refused=refused, reason="; ".join(dict.fromkeys(reasons)))
 
 
 KEYS = (
