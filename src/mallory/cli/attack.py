@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
-import tempfile
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +20,7 @@ from mallory.attacks import AttackResult, create
 from mallory.attacks.evasion.base import evasion_class
 from mallory.cli.app import app, console, errors
 from mallory.errors import MalloryError
+from mallory.jsonable import plain, write_atomically
 from mallory.systems.base import System
 from mallory.systems.http import HttpModel, HttpProtocol
 from mallory.threat import PRESETS, Exposure, Goal, Norm, ThreatModel
@@ -63,15 +62,6 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
             raise typer.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--param")
         params[name.strip().replace("-", "_")] = _parse_value(value.strip())
     return params
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
-    os.replace(tmp, path)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -516,5 +506,5 @@ def attack(
         data_out = result.to_dict()
         data_out["summary"]["clean_accuracy"] = summary["clean_accuracy"]
         data_out["summary"]["model"] = target
-        _write_json(json_path, data_out)
+        write_atomically(json_path, json.dumps(plain(data_out), indent=2))
         console.print(f"wrote {json_path}")

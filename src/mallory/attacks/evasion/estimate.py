@@ -17,9 +17,10 @@ from torch import Tensor
 
 from mallory.access.oracle import Access, Gradient, LossFn, Oracle
 from mallory.access.view import OracleView
-from mallory.attacks.base import create, register
+from mallory.attacks.base import register
 from mallory.attacks.evasion import pgd as _pgd  # noqa: F401  (registers "pgd", the default inner attack)
 from mallory.attacks.evasion.base import EvasionAttack
+from mallory.attacks.evasion.wrappers import as_inner_attack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import choice, integer, real
 from mallory.errors import InputError
@@ -55,22 +56,10 @@ def log_scores(probs: Tensor) -> Tensor:
     return complete_scores(probs).clamp_min(1e-30).log()
 
 
-def _as_attack(value: Any) -> Any:
-    """An attack from an attack, a registered name, or ``{"name": ..., **params}``."""
-    if isinstance(value, EvasionAttack):
-        return value
-    if isinstance(value, str):
-        return create(value)
-    if isinstance(value, dict) and isinstance(value.get("name"), str):
-        params = {k: v for k, v in value.items() if k != "name"}
-        return create(value["name"], **params)
-    return value
-
-
 def _inner_attack(default: str, *, help: str) -> Any:
     rule = Converted(
         Instance(EvasionAttack, "an evasion attack"),
-        _as_attack,
+        as_inner_attack,
         "a gradient attack: an Attack instance, a registered name, or {'name': ..., **params}",
     )
     return param(rule, default, help=help)

@@ -10,8 +10,9 @@ from torch import Tensor
 
 from mallory.access.oracle import Access, Oracle
 from mallory.access.view import OracleView
-from mallory.attacks.base import Need, create, list_attacks, register
+from mallory.attacks.base import Need, create, register
 from mallory.attacks.evasion.base import EvasionAttack, Family
+from mallory.attacks.evasion.wrappers import as_inner_attack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import flag
 from mallory.attacks.surrogate import Surrogate, fits, surrogate_oracle, train_surrogate
@@ -32,13 +33,7 @@ def _inner_attack(value: Any) -> Any:
     if value is None or isinstance(value, str | dict):
         import mallory.attacks.evasion.pgd  # noqa: F401  (registers pgd, a common inner attack)
 
-    if value is None:
-        value = create("pgd")
-    elif isinstance(value, str):
-        # an unknown name is left for the constraint to refuse, in the one message form
-        value = create(value) if value in list_attacks() else value
-    elif isinstance(value, dict) and set(value) <= {"name", "params"} and "name" in value:
-        value = create(value["name"], **value.get("params", {}))
+    value = create("pgd") if value is None else as_inner_attack(value)
     if isinstance(value, Transfer):
         raise TypeError("a transfer attack cannot run on a surrogate")  # refused in one form
     return value

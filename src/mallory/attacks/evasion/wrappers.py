@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mallory.access.oracle import Access, Gradient, LossFn, Oracle
 from mallory.access.view import OracleView
-from mallory.attacks.base import create, list_attacks, register
+from mallory.attacks.base import create, register
 from mallory.attacks.evasion.base import EvasionAttack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import Rule, integer
@@ -44,11 +44,11 @@ ATHALYE = (
 
 def as_inner_attack(value: Any) -> Any:
     """An attack from an attack, a registered name, ``{"name": ..., **params}`` or
-    ``{"name": ..., "params": {...}}`` (an unknown name is left for the rule to refuse)."""
+    ``{"name": ..., "params": {...}}``; an unknown name is refused with the known ones."""
     if isinstance(value, EvasionAttack):
         return value
     if isinstance(value, str):
-        return create(value) if value in list_attacks() else value
+        return create(value)
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         params = value.get("params") if set(value) <= {"name", "params"} else None
         if params is None:

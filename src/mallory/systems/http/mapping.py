@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mallory.errors import InputError, bad_param
+from mallory.jsonable import plain
 from mallory.params import (
     Converted,
     Interval,
@@ -204,7 +205,7 @@ class HttpMapping:
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping as plain data (the keys of :meth:`from_dict`)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HttpMapping:
@@ -260,11 +261,3 @@ def _placeholders(template: Any) -> set[str]:
         f"HttpMapping's request must be plain JSON (objects, lists, strings, numbers); it holds "
         f"a {type(template).__name__}."
     )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
