@@ -179,7 +179,10 @@ def test_pgd_adversarial_training_holds_and_passes_the_illusion_checks(
 
 # ---------------------------------------------------------------- the report
 def test_the_audit_report_round_trips_and_resumes_from_its_checkpoint(
-    digits: tuple[Dataset, Dataset], plain: TorchModel, tmp_path: Path
+    digits: tuple[Dataset, Dataset],
+    plain: TorchModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, test = digits
     squeezed = defend(plain, bit_depth(1))
@@ -190,8 +193,13 @@ def test_the_audit_report_round_trips_and_resumes_from_its_checkpoint(
     )
     assert json.loads(checkpoint.read_text())["stages"].keys() == {"1", "2"}
     again = Audit(defended=squeezed, baseline=plain, data=test, eps=EPS, **settings).run(
-        progress=False, checkpoint=checkpoint
+        progress=True, checkpoint=checkpoint
     )
+    # not a terminal: one line per stage in the log, each with its outcome
+    logged = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert logged == [
+        f"audit: stage {s.number}, {s.name}: {s.status} (0 s)" for s in again.stages
+    ], logged
     assert [s.finding for s in again.stages] == [s.finding for s in first.stages]
     loaded = AuditReport.from_dict(json.loads(first.to_json()))
     assert loaded.stages[0].rows[0].defended == pytest.approx(first.stages[0].rows[0].defended)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mallory.errors import InputError
-from mallory.evaluation.config_features import read_priced_features
-from mallory.evaluation.config_table import Table, closest, kind, resolve
+from mallory.evaluation.config_features import feature_indexer, read_priced_features
+from mallory.evaluation.config_table import Table, kind, resolve
 from mallory.params import Interval, ListOf, Options, Text
 from mallory.systems.base import DETERMINISTIC, INPUT_SHAPE, NAME, OUTPUT, Output, System
 from mallory.threat.features import FeatureConstraints
@@ -280,23 +280,7 @@ def read_features(table: Table, data: Dataset) -> FeatureConstraints:
     if (priced := read_priced_features(table, data)) is not None:  # prices, groups, a file
         return priced
     sub = Table(table.get("features"), table.at("features"), table.where, FEATURE_KEYS)
-    names = data.feature_names
-    width = math.prod(data.input_shape)
-    accepted = (
-        f"a feature name ({', '.join(names)}) or an index 0 to {width - 1}"
-        if names
-        else f"a feature index 0 to {width - 1} (the data names no features)"
-    )
-
-    def index(key: str, item: Any) -> int:
-        if isinstance(item, str) and names and item in names:
-            return names.index(item)
-        if isinstance(item, str) and item.isdigit():
-            item = int(item)
-        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < width:
-            return item
-        hint = closest(item, names) if isinstance(item, str) and names else ""
-        raise sub.fail(key, f"unknown feature {item!r}{hint}; expected {accepted}.")
+    index = feature_indexer(sub, data.feature_names, math.prod(data.input_shape))
 
     mutable = sub.get("mutable")
     if not isinstance(mutable, list) or not mutable:

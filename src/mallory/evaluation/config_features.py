@@ -83,7 +83,7 @@ def _load(table: Table, path: Path) -> dict[str, Any]:
 def _read(sub: Table, data: Dataset) -> FeatureConstraints:
     names = data.feature_names
     width = math.prod(data.input_shape)
-    index = _indexer(sub, names, width)
+    index = feature_indexer(sub, names, width)
     mutable_given = sub.get("mutable", [])
     if not isinstance(mutable_given, list):
         raise sub.fail("mutable", f"must be an array of features; got {kind(mutable_given)}.")
@@ -140,7 +140,10 @@ def _read(sub: Table, data: Dataset) -> FeatureConstraints:
         raise sub.fail(None, str(error)) from None
 
 
-def _indexer(sub: Table, names: tuple[str, ...] | None, width: int) -> Callable[[str, Any], int]:
+def feature_indexer(
+    sub: Table, names: tuple[str, ...] | None, width: int
+) -> Callable[[str, Any], int]:
+    """Reads a feature by name or index for the table ``sub`` (an error names the key)."""
     accepted = (
         f"a feature name ({', '.join(names)}) or an index 0 to {width - 1}"
         if names

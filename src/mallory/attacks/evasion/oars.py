@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mallory.access.oracle import Access, Gradient, LossFn, Oracle
+from mallory.access.oracle import Access, Gradient, LossFn
 from mallory.access.view import GradientSource, OracleView
-from mallory.attacks.base import create, list_attacks, register
+from mallory.attacks.base import register
 from mallory.attacks.evasion.base import EvasionAttack
+from mallory.attacks.evasion.wrappers import Wrapping, as_inner_attack
 from mallory.attacks.noise import Noise
 from mallory.attacks.params import integer, param, real
 from mallory.params import Converted, Instance
@@ -31,10 +32,7 @@ FENG = (
 def as_query_attack(value: Any) -> EvasionAttack:
     """A query attack (labels or scores) from an attack, a registered name, or
     ``{"name": ..., **params}``; a gradient attack is refused (ValueError)."""
-    if isinstance(value, str) and value in list_attacks():
-        value = create(value)
-    elif isinstance(value, dict) and isinstance(value.get("name"), str):
-        value = create(value["name"], **{k: v for k, v in value.items() if k != "name"})
+    value = as_inner_attack(value)
     if not isinstance(value, EvasionAttack) or value.access is Access.GRADIENTS:
         raise ValueError("not a query attack")
     return value
@@ -50,7 +48,7 @@ QUERY_ATTACK = Converted(
 
 @register("oars")
 @dataclass(frozen=True, kw_only=True)
-class OARS(EvasionAttack):
+class OARS(Wrapping):
     """A query attack that resamples each query a stateful detector rejects, with more noise.
 
     Feng, Hooda, Mangaokar, Fawaz, Jha and Prakash, "Stateful Defenses for Machine Learning
@@ -96,6 +94,7 @@ class OARS(EvasionAttack):
     access = Access.LABELS  # the default inner attack's; an instance takes its inner attack's
     norms = frozenset({Norm.L2, Norm.LINF})
     minimizes = True
+    shadows = ("access", "norms", "goals", "minimizes")
     paper = FENG
     fast: ClassVar[dict[str, Any]] = {
         "attack": {"name": "hopskipjump", "max_queries": 200, "batch_starts": False}
@@ -112,26 +111,6 @@ class OARS(EvasionAttack):
     growth: float = real(
         2.0, low=1.0, low_open=True, help="the noise level's factor per refused try"
     )
-
-    def _check(self) -> None:
-        inner = self.attack
-        # the inner attack's access, norms, goals and minimization shadow the class's here
-        object.__setattr__(self, "access", inner.access)
-        object.__setattr__(self, "norms", inner.norms)
-        object.__setattr__(self, "goals", inner.goals)
-        object.__setattr__(self, "minimizes", inner.minimizes)
-
-    def keeps_closest(self) -> bool:
-        return self.attack.keeps_closest()
-
-    def planned_queries(self, oracle: Oracle | OracleView) -> int | None:
-        return self.attack.planned_queries(oracle)
-
-    def params(self) -> dict[str, Any]:
-        """The hyperparameters; the inner attack as ``{"name": ..., **params}``."""
-        out = super().params()
-        out["attack"] = {"name": self.attack.name, **self.attack.params()}
-        return out
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -67,22 +67,17 @@ def inner_gradient_attack(default: str, *, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"rule": rule, "help": help})
 
 
-@dataclass(frozen=True, kw_only=True)
-class GradientWrapper(EvasionAttack):
-    """A gradient attack run on a view whose gradients this wrapper changes. Its norms, goals
-    and minimization are the inner attack's; :meth:`_derive` makes the view."""
+class Wrapping(EvasionAttack):
+    """An attack that runs another one, ``self.attack``, on a view of its own: an instance
+    takes its inner attack's norms, goals and minimization (and the names in ``shadows``)."""
 
-    access = Access.GRADIENTS
-    fast: ClassVar[dict[str, Any]] = {"attack": {"name": "pgd", "steps": 10}}
-
-    attack: EvasionAttack = inner_gradient_attack("pgd", help="the gradient attack it runs")
+    attack: EvasionAttack
+    shadows: ClassVar[tuple[str, ...]] = ("norms", "goals", "minimizes")
 
     def _check(self) -> None:
-        inner = self.attack
-        # the inner attack's norms, goals and minimization shadow the class's on this instance
-        object.__setattr__(self, "norms", inner.norms)
-        object.__setattr__(self, "goals", inner.goals)
-        object.__setattr__(self, "minimizes", inner.minimizes)
+        # the inner attack's traits shadow the class's on this instance
+        for name in self.shadows:
+            object.__setattr__(self, name, getattr(self.attack, name))
 
     def keeps_closest(self) -> bool:
         return self.attack.keeps_closest()
@@ -95,6 +90,17 @@ class GradientWrapper(EvasionAttack):
         out = super().params()
         out["attack"] = {"name": self.attack.name, **self.attack.params()}
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientWrapper(Wrapping):
+    """A gradient attack run on a view whose gradients this wrapper changes. Its norms, goals
+    and minimization are the inner attack's; :meth:`_derive` makes the view."""
+
+    access = Access.GRADIENTS
+    fast: ClassVar[dict[str, Any]] = {"attack": {"name": "pgd", "steps": 10}}
+
+    attack: EvasionAttack = inner_gradient_attack("pgd", help="the gradient attack it runs")
 
     def _run(
         self, oracle: OracleView, x: Tensor, y: Tensor, targets: Tensor | None, noise: Noise

@@ -116,6 +116,8 @@ def lecture_table(
             **(settings or {}),
         ).run(progress=progress)
         rows.append((name, report))
+        if progress:
+            print(f"{name}: {report.verdict}", flush=True)
     return rows
 
 

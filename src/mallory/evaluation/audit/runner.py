@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,14 +157,19 @@ class Audit:
             for number in self.stages:
                 name = STAGES[number - 1][1]
                 bars.update(bar, description=f"audit: stage {number}, {name}")
-                if number in done:
-                    results.append(done[number])
-                else:
-                    stage = STAGE_FUNCTIONS[number](self, memo)
-                    results.append(stage)
-                    done[number] = stage
+                started = time.perf_counter()
+                if number not in done:
+                    done[number] = STAGE_FUNCTIONS[number](self, memo)
                     _save_checkpoint(checkpoint, self.describe(), done)
+                results.append(done[number])
                 bars.advance(bar)
+                if progress and not bars.console.is_terminal:
+                    # a log (CI, a pipe) gets one line per stage instead of a live bar
+                    seconds = time.perf_counter() - started
+                    bars.console.print(
+                        f"audit: stage {number}, {name}: {done[number].status} ({seconds:.0f} s)",
+                        highlight=False,
+                    )
         return self._report(results, memo)
 
     def _report(self, stages: list[AuditStage], memo: dict[str, Any]) -> AuditReport:
