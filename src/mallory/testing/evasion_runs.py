@@ -37,7 +37,7 @@ from mallory.attacks.evasion.result import AttackResult
 from mallory.systems.base import ABSTAINED, REFUSED, System
 from mallory.testing.bench import Bench
 from mallory.testing.checks import Findings, describe_error
-from mallory.testing.classes import label
+from mallory.testing.runs import AttackRuns
 from mallory.threat import (
     FeatureConstraints,
     Goal,
@@ -115,7 +115,7 @@ class Run:
     planned: int | None  # planned_queries() before the call
 
 
-class EvasionRuns:
+class EvasionRuns(AttackRuns[EvasionAttack]):
     """The runs of one evasion attack on one bench, made on first use and kept."""
 
     def __init__(
@@ -125,16 +125,8 @@ class EvasionRuns:
         bench: Callable[[], Bench],
         quick: bool,
     ) -> None:
-        self.cls = cls
-        self.given = given
-        self._bench = bench
-        self.quick = quick
+        super().__init__(cls, given, bench, quick)
         self._runs: dict[str, Run | str] = {}
-        self.who = label(cls)
-
-    @functools.cached_property
-    def bench(self) -> Bench:
-        return self._bench()
 
     @property
     def system(self) -> System:
@@ -148,26 +140,6 @@ class EvasionRuns:
     @functools.cached_property
     def threat(self) -> ThreatModel:
         return threat_for(self.cls, self.system)
-
-    @functools.cached_property
-    def _attack(self) -> EvasionAttack | str:
-        if self.given is not None:
-            return self.given
-        try:
-            if self.quick:
-                b = self.bench
-                return self.cls(**self.cls.test_params(b.system, b.x.clone(), b.y.clone()))
-            return self.cls()
-        except Exception as error:
-            how = "test_params(system, x, y)" if self.quick else "its defaults"
-            return f"building {self.who} with {how} {describe_error(error)}"
-
-    @property
-    def attack(self) -> EvasionAttack:
-        built = self._attack
-        if isinstance(built, str):
-            raise Findings().stop(built)
-        return built
 
     def variants(self) -> list[str]:
         """The runs whose results every check of the outcome applies to."""

@@ -27,7 +27,7 @@ from mallory.attacks.surrogate import Surrogate
 from mallory.errors import AccessError
 from mallory.testing.bench import Bench
 from mallory.testing.checks import Check, Findings, describe_error
-from mallory.testing.classes import label
+from mallory.testing.runs import AttackRuns
 from mallory.threat import Norm, ThreatModel, score_based, white_box
 from mallory.threat import label_only as label_only_threat
 from mallory.zoo.datasets import Dataset
@@ -67,42 +67,14 @@ class Outcome:
     data: dict[str, Tensor]
 
 
-class KindRuns:
+class KindRuns(AttackRuns[Any]):  # its attack is called with each kind's own arguments
     """The runs of one non-evasion attack on one bench, made once and kept."""
 
     def __init__(
         self, cls: type[Attack], given: Attack | None, bench: Callable[[], Bench], quick: bool
     ) -> None:
-        self.cls = cls
-        self.given = given
-        self._bench = bench
-        self.quick = quick
-        self.who = label(cls)
+        super().__init__(cls, given, bench, quick)
         self._runs: dict[str, Outcome | str] = {}
-
-    @functools.cached_property
-    def bench(self) -> Bench:
-        return self._bench()
-
-    @functools.cached_property
-    def _attack(self) -> Attack | str:
-        if self.given is not None:
-            return self.given
-        try:
-            if self.quick:
-                b = self.bench
-                return self.cls(**self.cls.test_params(b.system, b.x.clone(), b.y.clone()))
-            return self.cls()
-        except Exception as error:
-            how = "test_params(system, x, y)" if self.quick else "its defaults"
-            return f"building {self.who} with {how} {describe_error(error)}"
-
-    @property
-    def attack(self) -> Any:
-        built = self._attack
-        if isinstance(built, str):
-            raise Findings().stop(built)
-        return built
 
     # ------------------------------------------------------------------ data per kind
     @functools.cached_property
