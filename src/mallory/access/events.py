@@ -259,24 +259,37 @@ class EventLog:
         self._calls.append(call)
         charged = call.charged
         n_charged = int(charged.sum())
+        every = n_charged == call.rows  # the common case: no row refused or failed
         self.queries += n_charged
         self.money += n_charged * call.price
         self.seconds += call.seconds
-        refused = call.outcome == int(Outcome.REFUSED)
-        failed = call.outcome == int(Outcome.FAILED)
-        self.refused += int(refused.sum())
-        self.failed += int(failed.sum())
         if call.kind is Kind.GRADIENT:
             self.gradients += n_charged
+        if not every:
+            refused = call.outcome == int(Outcome.REFUSED)
+            failed = call.outcome == int(Outcome.FAILED)
+            self.refused += int(refused.sum())
+            self.failed += int(failed.sum())
         owned = call.ids >= 0
-        if not bool(owned.any()):
-            return
-        ids = call.ids[owned]
+        if not bool(owned.all()):
+            if not bool(owned.any()):
+                return
+            ids, charged = call.ids[owned], charged[owned]
+        else:
+            ids = call.ids
         self._grow(int(ids.max()) + 1)
-        charged, refused, failed = charged[owned], refused[owned], failed[owned]
-        self._queries.index_add_(0, ids, charged.long())
+        counts = charged.long()
+        self._queries.index_add_(0, ids, counts)
         if call.kind is Kind.GRADIENT:
-            self._gradients.index_add_(0, ids, charged.long())
+            self._gradients.index_add_(0, ids, counts)
+        if every:
+            if call.seconds:
+                self._seconds.index_add_(
+                    0, ids, torch.full((len(ids),), call.seconds / call.rows, dtype=torch.float64)
+                )
+            return
+        if not bool(owned.all()):
+            refused, failed = refused[owned], failed[owned]
         self._refused.index_add_(0, ids, refused.long())
         self._failed.index_add_(0, ids, failed.long())
         waited = ~refused
@@ -365,35 +378,48 @@ class EventLog:
         lookup[ids[ids >= 0]] = torch.tensor(
             [position[int(i)] for i in ids[ids >= 0].tolist()], dtype=torch.int64
         )
-        for call in self._calls[since:]:
-            inside = (call.ids >= 0) & (call.ids < len(lookup))
-            if not bool(inside.any()):
-                continue
-            where = torch.full_like(call.ids, -1)
-            where[inside] = lookup[call.ids[inside]]
-            mine = where >= 0
-            if not bool(mine.any()):
-                continue
-            at = where[mine]
-            charged = call.charged[mine].long()
-            out.queries.index_add_(0, at, charged)
-            out.money.index_add_(0, at, charged.double() * call.price)
-            if call.kind is Kind.GRADIENT:
-                out.gradients.index_add_(0, at, charged)
-                if call.flags is not None:
-                    flags = call.flags[mine]
-                    out.zero_gradients.index_add_(0, at, ((flags & ZERO_GRADIENT) > 0).long())
-                    out.nonfinite_gradients.index_add_(
-                        0, at, ((flags & NONFINITE_GRADIENT) > 0).long()
-                    )
-            outcome = call.outcome[mine]
-            out.refused.index_add_(0, at, (outcome == int(Outcome.REFUSED)).long())
-            out.failed.index_add_(0, at, (outcome == int(Outcome.FAILED)).long())
-            waited = call.outcome != int(Outcome.REFUSED)
-            if call.seconds and bool(waited.any()):
-                share = call.seconds / int(waited.sum())
-                hit = waited[mine]
-                out.seconds.index_add_(0, at[hit], torch.full((int(hit.sum()),), share).double())
+        calls = self._calls[since:]
+        if not calls:
+            return out
+        # every row of every call at once; call_of maps a row to its call
+        lengths = torch.tensor([c.rows for c in calls], dtype=torch.int64)
+        call_of = torch.repeat_interleave(torch.arange(len(calls)), lengths)
+        row_ids = torch.cat([c.ids for c in calls]).to(torch.int64)
+        where = torch.full_like(row_ids, -1)
+        inside = (row_ids >= 0) & (row_ids < len(lookup))
+        where[inside] = lookup[row_ids[inside]]
+        mine = where >= 0
+        if not bool(mine.any()):
+            return out
+        outcome = torch.cat([c.outcome for c in calls])
+        waited = outcome != int(Outcome.REFUSED)
+        per_call = torch.zeros(len(calls), dtype=torch.float64)
+        waited_of_call = per_call.index_add(0, call_of, waited.double())
+        seconds = torch.tensor([c.seconds for c in calls], dtype=torch.float64)
+        share = (seconds / waited_of_call.clamp_min(1))[call_of]
+        price = torch.tensor([c.price for c in calls], dtype=torch.float64)[call_of]
+        gradient = torch.tensor([c.kind is Kind.GRADIENT for c in calls])[call_of]
+        flags = torch.cat(
+            [
+                c.flags.to(torch.int64)
+                if c.flags is not None
+                else torch.zeros(c.rows, dtype=torch.int64)
+                for c in calls
+            ]
+        )
+        at = where[mine]
+        charged = (outcome <= int(Outcome.BLOCKED))[mine].long()
+        out.queries.index_add_(0, at, charged)
+        out.money.index_add_(0, at, charged.double() * price[mine])
+        grad_rows = gradient[mine]
+        out.gradients.index_add_(0, at, charged * grad_rows)
+        flags = torch.where(grad_rows, flags[mine], 0)
+        out.zero_gradients.index_add_(0, at, ((flags & ZERO_GRADIENT) > 0).long())
+        out.nonfinite_gradients.index_add_(0, at, ((flags & NONFINITE_GRADIENT) > 0).long())
+        kept = outcome[mine]
+        out.refused.index_add_(0, at, (kept == int(Outcome.REFUSED)).long())
+        out.failed.index_add_(0, at, (kept == int(Outcome.FAILED)).long())
+        out.seconds.index_add_(0, at, torch.where(waited[mine], share[mine], 0.0))
         return out
 
     def reasons(self, since: int = 0) -> dict[Reason, int]:

@@ -546,11 +546,12 @@ class Oracle:
             failed[outcome == int(Outcome.ANSWERED)] = int(Outcome.FAILED)
             self._log(Kind.GRADIENT, ids, failed, reason, sent, started, waited)
             raise
-        size = grad.detach().flatten(1)
-        finite = torch.isfinite(size).all(1)
+        # one pass: a row's largest magnitude is NaN or inf when any entry is, 0 when all are
+        peak = torch.linalg.vector_norm(grad.detach().flatten(1), ord=math.inf, dim=1)
+        finite = torch.isfinite(peak)
         if not bool(finite.all()):
             grad = grad.nan_to_num(0.0, 0.0, 0.0)
-        zero = (grad.flatten(1) == 0).all(1) & finite
+        zero = peak == 0
         flags = (
             torch.where(finite, 0, NONFINITE_GRADIENT) | torch.where(zero, ZERO_GRADIENT, 0)
         ).to(device="cpu", dtype=torch.int8)
