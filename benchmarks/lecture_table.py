@@ -5,7 +5,8 @@ failures, each against the same undefended CNN.
 
 Trains each defense once (the recipes cache their models by configuration), audits each on the
 first ``--samples`` test digits at ``--eps`` (the adversarial-training eps by default), prints
-the table in Markdown and writes every audit as JSON and HTML into ``--out``.
+the table in Markdown and writes every audit as JSON and HTML into ``--out`` as it ends. Each
+audit keeps its finished stages in ``--out`` too: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from mallory.evaluation.audit.lecture import Scale, lecture_table, table_markdown
+from mallory.evaluation.audit.lecture import Scale, file_stem, lecture_table, table_markdown
 from mallory.jsonable import write_atomically
+from mallory.report.audit_model import AuditReport
 from mallory.report.audit_render import render_audit_html
 from mallory.zoo import load_dataset
 
@@ -51,6 +53,13 @@ def main() -> None:
         lr=3e-3 if args.dataset == "mnist" else 1e-3,
     )
     started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, report: AuditReport) -> None:
+        stem = file_stem(name)
+        write_atomically(args.out / f"{stem}.json", report.to_json(indent=2))
+        write_atomically(args.out / f"{stem}.html", render_audit_html(report))
+
     rows = lecture_table(
         train,
         test,
@@ -58,13 +67,9 @@ def main() -> None:
         scale=scale,
         settings={"steps": args.steps, "queries": args.queries, "draws": 10},
         progress=True,
+        checkpoints=args.out,
+        done=write,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, report in rows:
-        stem = name.replace(" ", "-").replace("/", "").replace(",", "").replace("(", "")
-        stem = stem.replace(")", "")
-        write_atomically(args.out / f"{stem}.json", report.to_json(indent=2))
-        write_atomically(args.out / f"{stem}.html", render_audit_html(report))
     print(table_markdown(rows))
     for name, report in rows:
         print(f"- {name}: {report.verdict}")

@@ -4,18 +4,21 @@ undefended model at the adversarial-training eps; the full MNIST run is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from mallory.evaluation.audit.lecture import Scale, lecture_table, table_markdown
+from mallory.evaluation.audit.lecture import Scale, file_stem, lecture_table, table_markdown
 from mallory.report.audit_model import FAILED, PASSED, STAGES
 from mallory.zoo import load_dataset
 
 
 @pytest.mark.slow
-def test_the_lecture_table_reduced() -> None:
+def test_the_lecture_table_reduced(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test").head(40)
+    ended: list[str] = []
     rows = dict(
         lecture_table(
             train,
@@ -23,8 +26,16 @@ def test_the_lecture_table_reduced() -> None:
             eps=0.1,
             scale=Scale(train_eps=0.1, train_steps=5),
             settings={"steps": 20, "queries": 200, "draws": 5},
+            checkpoints=tmp_path,
+            done=lambda name, report: ended.append(name),
         )
     )
+    # each audit is handed over as it ends and keeps its stages for a resumed run
+    assert ended == list(rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{file_stem(name)}.ckpt" for name in rows
+    )
+    assert file_stem("adversarial training, weak (FGSM)") == "adversarial-training-weak-FGSM"
     assert set(rows) == {
         "dropout",
         "weight decay",

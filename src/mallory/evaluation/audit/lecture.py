@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mallory import defenses
@@ -98,14 +99,20 @@ def lecture_table(
     settings: dict[str, Any] | None = None,
     progress: bool = False,
     only: tuple[str, ...] = (),
+    checkpoints: Path | None = None,
+    done: Callable[[str, AuditReport], None] | None = None,
 ) -> list[tuple[str, AuditReport]]:
-    """Every defense's audit against the undefended model (``only``: a subset by name)."""
+    """Every defense's audit against the undefended model (``only``: a subset by name).
+
+    ``checkpoints``: a folder where each audit keeps its finished stages, so that a run
+    stopped half way resumes; ``done`` is called with each defense's report as it ends."""
     systems = lecture_defenses(train, scale, progress=progress)
     plain = systems.pop("none")
     rows = []
     for name, system in systems.items():
         if only and name not in only:
             continue
+        checkpoint = None if checkpoints is None else checkpoints / f"{file_stem(name)}.ckpt"
         report = Audit(
             defended=system,
             baseline=plain,
@@ -114,11 +121,18 @@ def lecture_table(
             defended_name=name,
             baseline_name="undefended",
             **(settings or {}),
-        ).run(progress=progress)
+        ).run(progress=progress, checkpoint=checkpoint)
         rows.append((name, report))
         if progress:
             print(f"{name}: {report.verdict}", flush=True)
+        if done is not None:
+            done(name, report)
     return rows
+
+
+def file_stem(name: str) -> str:
+    """A defense's name as a file name: ``"adversarial-training-weak-FGSM"``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
 def table_markdown(rows: list[tuple[str, AuditReport]]) -> str:
