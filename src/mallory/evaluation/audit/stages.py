@@ -39,6 +39,19 @@ if TYPE_CHECKING:
 Memo = dict[str, Any]
 
 
+# shares are counts over the samples, held to thresholds such as 0.05: a gain of exactly the
+# margin (64% against 59%) must not fail on the last bit of a float sum
+_ROUNDING = 1e-9
+
+
+def _below(value: float, limit: float) -> bool:
+    return value < limit - _ROUNDING
+
+
+def _above(value: float, limit: float) -> bool:
+    return value > limit + _ROUNDING
+
+
 def _stage(number: int, status: str, finding: str, **evidence: Any) -> AuditStage:
     _, name, question = STAGES[number - 1]
     return AuditStage(number, name, question, status, finding, **evidence)
@@ -98,7 +111,7 @@ def no_effect(audit: Audit, memo: Memo) -> AuditStage:
         )
     gain = defended.robust - baseline.robust
     rows = [_row("FGSM and PGD, defense-unaware (worst case)", defended, baseline)]
-    if gain < audit.margin:
+    if _below(gain, audit.margin):
         return _stage(
             1,
             FAILED,
@@ -130,7 +143,7 @@ def clean_accuracy(audit: Audit, memo: Memo) -> AuditStage:
         baseline.clean_accuracy,
         f"drop {pct(drop)} (tolerance {pct(audit.tolerance)})",
     )
-    if drop > audit.tolerance:
+    if _above(drop, audit.tolerance):
         return _stage(
             2,
             FAILED,
@@ -218,7 +231,7 @@ def adaptive(audit: Audit, memo: Memo) -> AuditStage:
             )
         )
     gain = defended.robust - (baseline.robust if baseline.measured else 0.0)
-    if gain < audit.margin:
+    if _below(gain, audit.margin):
         return _stage(
             3,
             FAILED,
@@ -336,7 +349,7 @@ def attack_algorithms(audit: Audit, memo: Memo) -> AuditStage:
         return _stage(4, NOT_MEASURED, "No attack could run on the defended system.", rows=rows)
     missed = (everything.broken & ~grad.broken).nonzero().squeeze(1).tolist()
     loss = (grad.robust if grad.measured else 1.0) - everything.robust
-    if grad.measured and loss > audit.margin:
+    if grad.measured and _above(loss, audit.margin):
         return _stage(
             4,
             FAILED,
@@ -441,7 +454,7 @@ def illusion(audit: Audit, memo: Memo) -> AuditStage:
     )
     if longer.measured and pgd.measured:
         rows.append(_row(f"PGD, {audit.steps * 5} steps x 3 restarts", longer))
-        if pgd.robust - longer.robust > audit.margin:
+        if _above(pgd.robust - longer.robust, audit.margin):
             problems.append(
                 f"five times the steps and three restarts take robust accuracy from "
                 f"{pct(pgd.robust)} to {pct(longer.robust)} (incomplete optimization)"
@@ -524,7 +537,9 @@ def threat_models(audit: Audit, memo: Memo) -> AuditStage:
             (white_box(other_norm, other_eps), inner)
         ]
     if len(defended_bench.system.input_shape) == 3:
-        checks["natural transformations (the cheap tricks)"] = [
+        # unbounded: any image falls to a strong enough occlusion or contrast change, so what
+        # counts is how strong a transformation each system needs, as for label-only access
+        checks["natural transformations (the cheap tricks, unbounded)"] = [
             (no_knowledge(audit.norm, math.inf, queries=200), create("cheap"))
         ]
     checks[f"label-only, {audit.queries} queries (HopSkipJump, unbounded)"] = [
@@ -542,15 +557,15 @@ def threat_models(audit: Audit, memo: Memo) -> AuditStage:
             detail = _median_distance_text(defended, baseline)
         rows.append(_row(label, defended, baseline, detail))
         bounded = defended.measured and baseline.measured and "unbounded" not in label
-        if bounded and defended.robust < baseline.robust + audit.margin:
+        if bounded and _below(defended.robust - baseline.robust, audit.margin):
             failing.append(
                 f"{label}: {pct(defended.robust)} against the baseline's {pct(baseline.robust)}"
             )
         if "unbounded" in label and defended.measured and baseline.measured:
             mine, theirs = _median_l2(defended), _median_l2(baseline)
-            if not mine > theirs * (1 + audit.margin):
+            if not (mine > theirs * (1 + audit.margin) or math.isinf(mine)):
                 failing.append(
-                    f"{label}: the smallest label-only perturbations are no larger than the "
+                    f"{label}: the smallest perturbations found are no larger than the "
                     f"baseline's (median L2 {mine:.3g} against {theirs:.3g})"
                 )
     if failing:
