@@ -236,7 +236,8 @@ def adaptive(audit: Audit, memo: Memo) -> AuditStage:
             3,
             FAILED,
             f"Attacked end to end ({method}), the defended system keeps {pct(defended.robust)} "
-            f"robust accuracy, no better than the baseline's {pct(baseline.robust)}: the defense "
+            f"robust accuracy against the baseline's {pct(baseline.robust)}: a gain of "
+            f"{pct(gain)}, less than the {pct(audit.margin)} a defense must show. The defense "
             "does not stop an adaptive attacker.",
             rows=rows,
             flags=defended.flags,
