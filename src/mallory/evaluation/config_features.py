@@ -19,6 +19,7 @@ from mallory.errors import InputError
 from mallory.evaluation.config_table import Table, closest, kind
 from mallory.params import Interval, ListOf, Options, Text
 from mallory.threat.features import (
+    CONSTRAINT_KEYS,
     Derived,
     Direction,
     FeatureConstraints,
@@ -31,17 +32,7 @@ from mallory.zoo.datasets import Dataset
 __all__ = ["PRICED_KEYS", "read_priced_features"]
 
 BASIC_KEYS = ("mutable", "values")
-PRICED_KEYS = (
-    "mutable",
-    "values",
-    "ranges",
-    "directions",
-    "prices",
-    "unit_prices",
-    "groups",
-    "derived",
-    "extractor",
-)
+PRICED_KEYS = CONSTRAINT_KEYS
 GROUP_KEYS = ("features", "price", "hot", "cold")
 DERIVED_KEYS = ("feature", "formula", "of")
 _PRICE = Interval(low=0.0)

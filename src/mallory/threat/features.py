@@ -64,6 +64,18 @@ were set by the attacker, to the same batch with the features that depend on the
 its input in place."""
 
 TOLERANCE = 1e-7
+# the keys of the constraints' plain form (to_dict, from_dict, a campaign file's table)
+CONSTRAINT_KEYS = (
+    "mutable",
+    "values",
+    "ranges",
+    "directions",
+    "prices",
+    "unit_prices",
+    "groups",
+    "derived",
+    "extractor",
+)
 """Changes smaller than this are no change (as in the L0 distance)."""
 
 _INDEX = Interval(low=0, integral=True)
@@ -562,18 +574,7 @@ class FeatureConstraints:
         reference, imported (so only from a trusted source)."""
         if not isinstance(data, Mapping):
             raise bad_param("FeatureConstraints.from_dict", "data", "a mapping", data)
-        known = (
-            "mutable",
-            "values",
-            "ranges",
-            "directions",
-            "prices",
-            "unit_prices",
-            "groups",
-            "derived",
-            "extractor",
-            "names",
-        )
+        known = (*CONSTRAINT_KEYS, "names")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise InputError(
