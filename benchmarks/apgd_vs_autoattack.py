@@ -22,8 +22,10 @@ Reported per library: robust accuracy after APGD-CE and after APGD-T (judged by 
 itself on the returned inputs, every input checked to lie in the eps-ball and in [0, 1]), the
 median wall time of the whole evaluation (fastest and slowest beside it), and the rows the
 module forwarded per sample (a forward pre-hook; mallory's count includes the base's verdict,
-AutoAttack's its clean-accuracy pass and its checks). AutoAttack's runs evaluate the final
-point of each run too: 101 gradients per run against mallory's 100.
+AutoAttack's its clean-accuracy pass and its checks), and the paired ratio: mallory's time
+over AutoAttack's in the same round, whose median is the figure to read on a machine whose
+speed drifts. AutoAttack's runs evaluate the final point of each run too: 101 gradients per
+run against mallory's 100.
 
 Run::
 
@@ -232,6 +234,14 @@ def main() -> None:
             f"{statistics.median(out.robust):.3f} | {statistics.median(out.wall):.2f} "
             f"({min(out.wall):.2f}-{max(out.wall):.2f}) | {statistics.median(out.rows):.0f} |"
         )
+    walls = zip(outcomes["mallory"].wall, outcomes["autoattack"].wall, strict=True)
+    ratios = [m / a for m, a in walls]
+    print()
+    print(
+        "paired ratio, mallory's time over AutoAttack's in each round: "
+        + ", ".join(f"{r:.3f}" for r in ratios)
+        + f"; median {statistics.median(ratios):.3f}"
+    )
     if args.json is not None:
         figures = {
             "model": description,

@@ -290,6 +290,27 @@ def test_gradient_matches_pytorch(model: TorchModel, module: nn.Module, x: Tenso
     assert all(p.grad is None for p in module.parameters()), "parameter gradients computed"
 
 
+def test_zero_and_non_finite_gradients_are_flagged_per_row(model: TorchModel, x: Tensor) -> None:
+    oracle = Oracle(model, mallory.white_box())
+    y = torch.tensor([0, 1, 2, 3, 0])
+    ok = oracle.gradient(x, torch.arange(5), ce(y))
+    assert bool((ok.grad.abs().amax(1) > 0).all())
+
+    def spoilt(logits: Tensor) -> Tensor:  # row 1 flat, row 3 NaN, the others as usual
+        loss = ce(y)(logits)
+        scale = torch.tensor([1.0, 0.0, 1.0, math.nan, 1.0])
+        return loss * scale
+
+    answer = oracle.gradient(x, torch.arange(5), spoilt)
+    assert bool(torch.isfinite(answer.grad).all()), "a non-finite gradient is answered as zero"
+    assert answer.grad[[1, 3]].abs().sum() == 0
+    torch.testing.assert_close(answer.grad[[0, 2, 4]], ok.grad[[0, 2, 4]])
+    totals = oracle.log.per_sample(torch.arange(5))
+    assert totals.zero_gradients.tolist() == [0, 1, 0, 0, 0]
+    assert totals.nonfinite_gradients.tolist() == [0, 0, 0, 1, 0]
+    assert totals.gradients.tolist() == [2] * 5
+
+
 def test_gradient_loss_must_be_per_sample(model: TorchModel, x: Tensor) -> None:
     oracle = Oracle(model, mallory.white_box())
     with pytest.raises(InputError, match="one value per input"):

@@ -62,6 +62,37 @@ def test_the_log_derives_per_sample_totals_and_keeps_rows_of_no_sample() -> None
     assert again.queries_of(torch.tensor([0, 3])).tolist() == [1, 1] and again.money == 6.0
 
 
+def test_totals_read_between_calls_equal_totals_read_once_at_the_end() -> None:
+    gen = torch.Generator().manual_seed(0)
+    watched, unwatched = EventLog(), EventLog()
+    samples = torch.arange(-1, 12)
+    for k in range(40):
+        n = int(torch.randint(1, 9, (1,), generator=gen))
+        call = {
+            "account": "attacker",
+            "kind": Kind.GRADIENT if k % 3 else Kind.QUERY,
+            "ids": torch.randint(-1, 12, (n,), generator=gen),
+            "outcome": torch.randint(0, 5, (n,), generator=gen),
+            "seconds": 0.01 * k,
+            "price": 0.5 * (k % 2),
+        }
+        watched.record(**call)
+        unwatched.record(**call)
+        if k < 10 or k % 7 == 0:  # a reader after every call (a budget policy), or now and then
+            assert watched.queries_of(samples).sum() <= watched.queries
+    for read in ("queries_of", "gradients_of", "refused_of", "failed_of", "seconds_of"):
+        torch.testing.assert_close(
+            getattr(watched, read)(samples), getattr(unwatched, read)(samples)
+        )
+    for total in ("queries", "gradients", "money", "refused", "failed"):
+        assert getattr(watched, total) == getattr(unwatched, total)
+    assert watched.seconds == pytest.approx(unwatched.seconds)
+    # and both agree with the per-sample sums over the whole log
+    every = unwatched.per_sample(samples[1:])
+    assert every.queries.tolist() == unwatched.queries_of(samples[1:]).tolist()
+    torch.testing.assert_close(every.seconds, unwatched.seconds_of(samples[1:]))
+
+
 # ---------------------------------------------------------------- policies
 def test_budget_allowance_and_chain() -> None:
     log = EventLog()

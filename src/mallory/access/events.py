@@ -17,6 +17,7 @@ nothing but the time they took.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -164,26 +165,51 @@ NONFINITE_GRADIENT = 2
 
 
 class EventLog:
-    """An ordered, append-only log of calls, with per-sample totals derived as it grows.
+    """An ordered, append-only log of calls, with totals derived from it.
 
     Sample ids are non-negative ints (dataset indices); ``-1`` marks rows tied to no sample,
-    which count in the totals of the whole log but in no sample's.
+    which count in the totals of the whole log but in no sample's. Appending a call does no
+    arithmetic: the totals (whole-log and per sample) take in the calls appended since they
+    were last read, all at once, when they are read, so that an attack that sends a thousand
+    small calls without reading a total pays for one sum, not a thousand.
     """
 
     def __init__(self) -> None:
         self._calls: list[Call] = []
+        self._settled = 0  # calls folded into the totals below
+        self._lock = threading.Lock()
         size = 0
         self._queries = torch.zeros(size, dtype=torch.int64)
         self._gradients = torch.zeros(size, dtype=torch.int64)
         self._seconds = torch.zeros(size, dtype=torch.float64)
         self._refused = torch.zeros(size, dtype=torch.int64)
         self._failed = torch.zeros(size, dtype=torch.int64)
-        self.queries = 0  # charged rows, all samples and none
-        self.gradients = 0
-        self.seconds = 0.0
-        self.money = 0.0
-        self.refused = 0
-        self.failed = 0
+        self._sums = Totals()  # blocked and abstained stay 0: not kept for the whole log
+
+    @property
+    def queries(self) -> int:
+        """Charged rows, all samples and none."""
+        return self._totals().queries
+
+    @property
+    def gradients(self) -> int:
+        return self._totals().gradients
+
+    @property
+    def seconds(self) -> float:
+        return self._totals().seconds
+
+    @property
+    def money(self) -> float:
+        return self._totals().money
+
+    @property
+    def refused(self) -> int:
+        return self._totals().refused
+
+    @property
+    def failed(self) -> int:
+        return self._totals().failed
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -257,47 +283,88 @@ class EventLog:
 
     def _add(self, call: Call) -> None:
         self._calls.append(call)
-        charged = call.charged
-        n_charged = int(charged.sum())
-        every = n_charged == call.rows  # the common case: no row refused or failed
-        self.queries += n_charged
-        self.money += n_charged * call.price
-        self.seconds += call.seconds
+
+    def _totals(self) -> Totals:
+        """The whole-log totals, after folding in the calls not yet counted."""
+        if self._settled < len(self._calls):
+            self._settle()
+        return self._sums
+
+    def _settle(self) -> None:
+        """Fold the calls appended since the last read into the totals."""
+        with self._lock:
+            end = len(self._calls)
+            calls = self._calls[self._settled : end]
+            if len(calls) == 1:  # a reader after every call (a budget policy): no batching
+                self._fold_one(calls[0])
+            elif calls:
+                self._fold(calls)
+            self._settled = end
+
+    def _sum(self, call: Call, charged: int) -> None:
+        """The whole-log sums, call by call in order (the float sums of a running total)."""
+        sums = self._sums
+        sums.queries += charged
+        sums.money += charged * call.price
+        sums.seconds += call.seconds
         if call.kind is Kind.GRADIENT:
-            self.gradients += n_charged
+            sums.gradients += charged
+
+    def _fold(self, calls: list[Call]) -> None:
+        rows = _Rows.of(calls)
+        for call, charged in zip(calls, rows.charged_per_call.tolist(), strict=True):
+            self._sum(call, charged)
+        self._sums.refused += int(rows.refused.sum())
+        self._sums.failed += int(rows.failed.sum())
+        owned = rows.ids >= 0
+        if not bool(owned.any()):
+            return
+        ids = rows.ids[owned]
+        self._grow(int(ids.max()) + 1)
+        charged_rows = rows.charged[owned].long()
+        self._queries.index_add_(0, ids, charged_rows)
+        self._gradients.index_add_(0, ids, charged_rows * rows.gradient[owned])
+        self._refused.index_add_(0, ids, rows.refused[owned].long())
+        self._failed.index_add_(0, ids, rows.failed[owned].long())
+        self._seconds.index_add_(0, ids, rows.seconds[owned])
+
+    def _fold_one(self, call: Call) -> None:
+        """:meth:`_fold` for one call, with fewer operations when every row was charged."""
+        charged = call.charged
+        n = call.ids.shape[0]
+        n_charged = int(charged.sum())
+        self._sum(call, n_charged)
+        every = n_charged == n  # the usual case: no row refused or failed
+        refused = failed = None
         if not every:
             refused = call.outcome == int(Outcome.REFUSED)
             failed = call.outcome == int(Outcome.FAILED)
-            self.refused += int(refused.sum())
-            self.failed += int(failed.sum())
-        owned = call.ids >= 0
-        if not bool(owned.all()):
-            if not bool(owned.any()):
-                return
-            ids, charged = call.ids[owned], charged[owned]
-        else:
-            ids = call.ids
-        self._grow(int(ids.max()) + 1)
+            self._sums.refused += int(refused.sum())
+            self._sums.failed += int(failed.sum())
+        if n == 0:
+            return
+        low, high = torch.aminmax(call.ids)
+        if high.item() < 0:
+            return
+        ids = call.ids
+        if low.item() < 0:  # rows tied to no sample
+            owned = ids >= 0
+            ids, charged = ids[owned], charged[owned]
+            if refused is not None and failed is not None:
+                refused, failed = refused[owned], failed[owned]
+        self._grow(int(high.item()) + 1)
         counts = charged.long()
         self._queries.index_add_(0, ids, counts)
         if call.kind is Kind.GRADIENT:
             self._gradients.index_add_(0, ids, counts)
-        if every:
-            if call.seconds:
-                self._seconds.index_add_(
-                    0, ids, torch.full((len(ids),), call.seconds / call.rows, dtype=torch.float64)
-                )
-            return
-        if not bool(owned.all()):
-            refused, failed = refused[owned], failed[owned]
-        self._refused.index_add_(0, ids, refused.long())
-        self._failed.index_add_(0, ids, failed.long())
-        waited = ~refused
-        if call.seconds and bool(waited.any()):
-            share = call.seconds / int((call.outcome != int(Outcome.REFUSED)).sum())
-            self._seconds.index_add_(
-                0, ids[waited], torch.full((int(waited.sum()),), share, dtype=torch.float64)
-            )
+        if refused is not None and failed is not None:
+            self._refused.index_add_(0, ids, refused.long())
+            self._failed.index_add_(0, ids, failed.long())
+        if call.seconds:
+            # shared by the rows the call did not refuse
+            waited = n if every else int((call.outcome != int(Outcome.REFUSED)).sum())
+            share = torch.full(ids.shape, call.seconds / max(waited, 1), dtype=torch.float64)
+            self._seconds.index_add_(0, ids, share if refused is None else share * ~refused)
 
     def _grow(self, need: int) -> None:
         if need <= len(self._queries):
@@ -315,26 +382,29 @@ class EventLog:
     # ------------------------------------------------------------------ reading
     def queries_of(self, ids: Tensor) -> Tensor:
         """Charged queries per sample id."""
-        return self._gather(self._queries, ids)
+        return self._gather("_queries", ids)
 
     def gradients_of(self, ids: Tensor) -> Tensor:
         """Gradient evaluations per sample id."""
-        return self._gather(self._gradients, ids)
+        return self._gather("_gradients", ids)
 
     def seconds_of(self, ids: Tensor) -> Tensor:
         """Seconds per sample id (a call's time is shared by the rows it did not refuse)."""
-        return self._gather(self._seconds, ids)
+        return self._gather("_seconds", ids)
 
     def refused_of(self, ids: Tensor) -> Tensor:
         """Rows refused before reaching the system, per sample id."""
-        return self._gather(self._refused, ids)
+        return self._gather("_refused", ids)
 
     def failed_of(self, ids: Tensor) -> Tensor:
         """Rows of failed calls, per sample id."""
-        return self._gather(self._failed, ids)
+        return self._gather("_failed", ids)
 
-    @staticmethod
-    def _gather(table: Tensor, ids: Tensor) -> Tensor:
+    def _gather(self, name: str, ids: Tensor) -> Tensor:
+        """The per-sample table ``name`` at ``ids`` (0 for ids it has never seen)."""
+        if self._settled < len(self._calls):
+            self._settle()
+        table: Tensor = getattr(self, name)
         ids = ids.to(device="cpu", dtype=torch.int64)
         out = torch.zeros(len(ids), dtype=table.dtype)
         owned = (ids >= 0) & (ids < len(table))
@@ -381,24 +451,13 @@ class EventLog:
         calls = self._calls[since:]
         if not calls:
             return out
-        # every row of every call at once; call_of maps a row to its call
-        lengths = torch.tensor([c.rows for c in calls], dtype=torch.int64)
-        call_of = torch.repeat_interleave(torch.arange(len(calls)), lengths)
-        row_ids = torch.cat([c.ids for c in calls]).to(torch.int64)
-        where = torch.full_like(row_ids, -1)
-        inside = (row_ids >= 0) & (row_ids < len(lookup))
-        where[inside] = lookup[row_ids[inside]]
+        rows = _Rows.of(calls)
+        where = torch.full_like(rows.ids, -1)
+        inside = (rows.ids >= 0) & (rows.ids < len(lookup))
+        where[inside] = lookup[rows.ids[inside]]
         mine = where >= 0
         if not bool(mine.any()):
             return out
-        outcome = torch.cat([c.outcome for c in calls])
-        waited = outcome != int(Outcome.REFUSED)
-        per_call = torch.zeros(len(calls), dtype=torch.float64)
-        waited_of_call = per_call.index_add(0, call_of, waited.double())
-        seconds = torch.tensor([c.seconds for c in calls], dtype=torch.float64)
-        share = (seconds / waited_of_call.clamp_min(1))[call_of]
-        price = torch.tensor([c.price for c in calls], dtype=torch.float64)[call_of]
-        gradient = torch.tensor([c.kind is Kind.GRADIENT for c in calls])[call_of]
         flags = torch.cat(
             [
                 c.flags.to(torch.int64)
@@ -408,29 +467,67 @@ class EventLog:
             ]
         )
         at = where[mine]
-        charged = (outcome <= int(Outcome.BLOCKED))[mine].long()
+        charged = rows.charged[mine].long()
         out.queries.index_add_(0, at, charged)
-        out.money.index_add_(0, at, charged.double() * price[mine])
-        grad_rows = gradient[mine]
+        out.money.index_add_(0, at, charged.double() * rows.price[mine])
+        grad_rows = rows.gradient[mine]
         out.gradients.index_add_(0, at, charged * grad_rows)
         flags = torch.where(grad_rows, flags[mine], 0)
         out.zero_gradients.index_add_(0, at, ((flags & ZERO_GRADIENT) > 0).long())
         out.nonfinite_gradients.index_add_(0, at, ((flags & NONFINITE_GRADIENT) > 0).long())
-        kept = outcome[mine]
-        out.refused.index_add_(0, at, (kept == int(Outcome.REFUSED)).long())
-        out.failed.index_add_(0, at, (kept == int(Outcome.FAILED)).long())
-        out.seconds.index_add_(0, at, torch.where(waited[mine], share[mine], 0.0))
+        out.refused.index_add_(0, at, rows.refused[mine].long())
+        out.failed.index_add_(0, at, rows.failed[mine].long())
+        out.seconds.index_add_(0, at, rows.seconds[mine])
         return out
 
     def reasons(self, since: int = 0) -> dict[Reason, int]:
         """How many rows were refused or blocked, by reason, from ``since`` on."""
-        counts: dict[Reason, int] = {}
-        for call in self._calls[since:]:
-            stopped = call.reason[call.reason > 0]
-            for code, count in zip(*torch.unique(stopped, return_counts=True), strict=True):
-                reason = Reason(int(code))
-                counts[reason] = counts.get(reason, 0) + int(count)
-        return counts
+        calls = self._calls[since:]
+        if not calls:
+            return {}
+        codes = torch.cat([call.reason for call in calls])
+        found, counts = torch.unique(codes[codes > 0], return_counts=True)
+        return {Reason(code): n for code, n in zip(found.tolist(), counts.tolist(), strict=True)}
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Every row of a run of calls side by side, one entry per row."""
+
+    ids: Tensor  # int64
+    charged: Tensor  # bool
+    refused: Tensor  # bool
+    failed: Tensor  # bool
+    gradient: Tensor  # bool: a row of a gradient call
+    price: Tensor  # float64: its call's price per query
+    seconds: Tensor  # float64: its share of its call's time (none for a refused row)
+    charged_per_call: Tensor  # int64, one entry per call
+
+    @staticmethod
+    def of(calls: list[Call]) -> _Rows:
+        count = len(calls)
+        lengths = torch.tensor([c.ids.shape[0] for c in calls], dtype=torch.int64)
+        call_of = torch.repeat_interleave(torch.arange(count), lengths)
+        outcome = torch.cat([c.outcome for c in calls])
+        charged = outcome <= int(Outcome.BLOCKED)
+        refused = outcome == int(Outcome.REFUSED)
+        # a call's time is shared by the rows it did not refuse
+        waited = (~refused).double()
+        waited_of_call = torch.zeros(count, dtype=torch.float64).index_add(0, call_of, waited)
+        seconds = torch.tensor([c.seconds for c in calls], dtype=torch.float64)
+        share = (seconds / waited_of_call.clamp_min(1))[call_of] * waited
+        return _Rows(
+            ids=torch.cat([c.ids for c in calls]).to(torch.int64),
+            charged=charged,
+            refused=refused,
+            failed=outcome == int(Outcome.FAILED),
+            gradient=torch.tensor([c.kind is Kind.GRADIENT for c in calls])[call_of],
+            price=torch.tensor([c.price for c in calls], dtype=torch.float64)[call_of],
+            seconds=share,
+            charged_per_call=torch.zeros(count, dtype=torch.int64).index_add(
+                0, call_of, charged.long()
+            ),
+        )
 
 
 @dataclass

@@ -136,6 +136,11 @@ class Oracle:
         self.input_shape = system.input_shape
         self.num_classes = system.num_classes
         self.bounds = system.bounds
+        lower, upper = self.bounds.lower, self.bounds.upper
+        # a box with one lower and one upper bound, as floats: checked in one pass per query
+        self._box = (
+            (float(lower), float(upper)) if lower.numel() == 1 and upper.numel() == 1 else None
+        )
         self.output = system.output  # logits or probabilities: what the gradients are of
         self.account = account
         self.log = log if log is not None else EventLog()
@@ -275,12 +280,13 @@ class Oracle:
             )
         if len(x) != len(ids):
             raise InputError(f"A query of {len(x)} inputs came with {len(ids)} sample ids.")
-        lo, hi = self.bounds.on(x)
-        if x.numel() and lo.numel() == 1 and hi.numel() == 1:
+        box = self._box
+        if box is not None and x.numel() and x.is_floating_point():
             # one pass over the batch; a NaN propagates into both and fails the test
             low, high = torch.aminmax(x)
-            inside = bool((low >= lo - 1e-6) & (high <= hi + 1e-6))
+            inside = low.item() >= box[0] - 1e-6 and high.item() <= box[1] + 1e-6
         else:
+            lo, hi = self.bounds.on(x)
             inside = bool(((x >= lo - 1e-6) & (x <= hi + 1e-6)).all())
         if not inside:
             raise InputError(
@@ -337,6 +343,9 @@ class Oracle:
                 f"The system {self.name!r} returned {got} for {len(x)} inputs; expected "
                 f"scores of shape ({len(x)}, {system.num_classes})."
             )
+        every = verdict.refused is None and verdict.abstained is None
+        if every and bool(torch.isfinite(values).all()):
+            return verdict  # the usual answer: every row decided, and finite
         decided = ~(verdict.mask("refused") | verdict.mask("abstained")).to(values.device)
         finite = torch.isfinite(values).all(1)
         if not bool(finite[decided].all()):
@@ -546,15 +555,7 @@ class Oracle:
             failed[outcome == int(Outcome.ANSWERED)] = int(Outcome.FAILED)
             self._log(Kind.GRADIENT, ids, failed, reason, sent, started, waited)
             raise
-        # one pass: a row's largest magnitude is NaN or inf when any entry is, 0 when all are
-        peak = torch.linalg.vector_norm(grad.detach().flatten(1), ord=math.inf, dim=1)
-        finite = torch.isfinite(peak)
-        if not bool(finite.all()):
-            grad = grad.nan_to_num(0.0, 0.0, 0.0)
-        zero = peak == 0
-        flags = (
-            torch.where(finite, 0, NONFINITE_GRADIENT) | torch.where(zero, ZERO_GRADIENT, 0)
-        ).to(device="cpu", dtype=torch.int8)
+        grad, flags = _gradient_flags(grad)
         self._log(Kind.GRADIENT, ids, outcome, reason, sent, started, waited, flags)
         logits, value = logits.detach(), value.detach()
         if admission is not None:
@@ -569,3 +570,21 @@ class Oracle:
         from mallory.access.view import OracleView
 
         return OracleView(self, ids, record)
+
+
+def _gradient_flags(grad: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The gradient with non-finite rows zeroed, and its flags per row for the log: zero
+    (every entry exactly 0) or non-finite (any entry NaN or infinite); None when no row is
+    either, the usual case."""
+    # one pass: a row's largest magnitude is NaN or inf when any entry is, 0 when all are
+    peak = grad.detach().flatten(1).abs().amax(1)
+    if peak.numel():
+        low, high = torch.aminmax(peak)  # NaN in either when any row has one
+        if low.item() > 0 and high.item() < math.inf:
+            return grad, None
+    finite = torch.isfinite(peak)
+    if not bool(finite.all()):
+        grad = grad.nan_to_num(0.0, 0.0, 0.0)
+    zero = peak == 0
+    flags = torch.where(finite, 0, NONFINITE_GRADIENT) | torch.where(zero, ZERO_GRADIENT, 0)
+    return grad, flags.to(device="cpu", dtype=torch.int8)

@@ -12,6 +12,7 @@ still reports what was found.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -68,18 +69,21 @@ class Record:
         x: Tensor,
         rows: Tensor | None,
         labels: Tensor,
-        confidence: Tensor | None = None,
+        confidence: Tensor | Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        """Take note of answers: ``labels`` (-1 for refused rows) for inputs ``x``."""
-        rows_t = (
-            torch.arange(len(self.x), device=self.x.device) if rows is None else rows.to(x.device)
-        )
+        """Take note of answers: ``labels`` (-1 for refused rows) for inputs ``x``, with the
+        confidence of each answer, or a function giving it for the answers at given positions.
+        """
         labels = labels.to(self.y.device)
-        goal = self.y[rows_t] if self.targets is None else self.targets[rows_t]
+        wanted = self.y if self.targets is None else self.targets
+        goal = wanted if rows is None else wanted[rows.to(wanted.device)]
         hit = (labels != goal) if self.targets is None else (labels == goal)
         hit &= labels >= 0
         if not bool(hit.any()):
             return
+        rows_t = (
+            torch.arange(len(self.x), device=self.x.device) if rows is None else rows.to(x.device)
+        )
         if bool(hit.all()):
             # the usual case once an attack has broken its batch: no gathers of whole inputs
             where, r = torch.arange(len(hit), device=hit.device), rows_t
@@ -103,7 +107,9 @@ class Record:
         self.distance[r] = d[keep]
         self.best[r] = x[where].to(self.best)
         self.label[r] = labels[where]
-        if confidence is not None:
+        if callable(confidence):
+            self.confidence[r] = confidence(where).to(self.confidence)
+        elif confidence is not None:
             self.confidence[r] = confidence.to(self.confidence)[where]
         else:
             self.confidence[r] = math.nan

@@ -18,6 +18,7 @@ Derived views compose in any order: options reach the oracle whatever sits betwe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,7 @@ class OracleView:
     # ------------------------------------------------------------------ queries
     def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         out = self.__oracle.logits(x, self._ids_of(rows, len(x)))
-        self._note_scores(x, rows, out.softmax(1))
+        self._note_scores(x, rows, out, logits=True)
         return out
 
     def scores(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -156,15 +157,26 @@ class OracleView:
             straight_through=tuple(self.__options.get("straight_through", ())),
             logits_before=self.__options.get("logits_before"),
         )
-        self._note_scores(x, rows, answer.logits.softmax(1))
+        self._note_scores(x, rows, answer.logits, logits=True)
         return answer
 
-    def _note_scores(self, x: Tensor, rows: Tensor | None, probs: Tensor) -> None:
+    def _note_scores(
+        self, x: Tensor, rows: Tensor | None, values: Tensor, *, logits: bool = False
+    ) -> None:
+        """Show the record the answers ``values``: probabilities (NaN where hidden or not
+        answered), or ``logits``; the confidence is computed only for the rows it keeps."""
         if self.__record is None:
             return
-        answered = torch.isfinite(probs).any(1)
-        confidence, labels = probs.nan_to_num(-1.0).max(1)
-        labels = labels.masked_fill(~answered, -1)
+        if logits:  # a row with a NaN logit (all NaN: not answered) shows no label
+            labels = values.argmax(1).masked_fill(values.isnan().any(1), -1)
+        else:  # hidden scores are NaN; a row not answered is all NaN
+            unanswered = values.isnan().all(1)
+            labels = values.nan_to_num(-math.inf).argmax(1).masked_fill(unanswered, -1)
+
+        def confidence(where: Tensor) -> Tensor:
+            probs = values[where].softmax(1) if logits else values[where]
+            return probs.nan_to_num(-1.0).amax(1)
+
         self.__record.see(x, self._record_rows(rows), labels, confidence)
 
     # ------------------------------------------------------------------ budgets

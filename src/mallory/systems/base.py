@@ -371,28 +371,13 @@ class System:
         input is returned instead of the system's output: the logits under a softmax, for an
         attacker who knows the architecture.
         """
+        if not straight_through and logits_before is None:
+            return self._through(x, self.gradient_path(adaptive=adaptive), set())
         names = set(straight_through)
         stage_names = {s.name for s in self.stages}
         captured: list[Tensor] = []
         with self.bypassed(names - stage_names), self._capture(logits_before, captured):
-            for stage in self.gradient_path(adaptive=adaptive):
-                if stage.name in names:
-                    with torch.no_grad():
-                        exact = _values(stage.fn(x))
-                    if exact.shape != x.shape:
-                        raise InputError(
-                            f"The stage {stage.name!r} changes the shape ({tuple(x.shape)} to "
-                            f"{tuple(exact.shape)}): an identity backward cannot stand in for it."
-                        )
-                    x = x + (exact - x).detach()
-                elif stage.differentiable:
-                    x = _values(stage.fn(x))
-                else:
-                    assert stage.surrogate is not None  # checked by gradient_path
-                    with torch.no_grad():
-                        exact = _values(stage.fn(x))
-                    stand_in = _values(stage.surrogate(x))
-                    x = stand_in + (exact - stand_in).detach()
+            x = self._through(x, self.gradient_path(adaptive=adaptive), names)
         if logits_before is not None:
             if not captured:
                 raise InputError(
@@ -400,6 +385,30 @@ class System:
                     "gradient path, so it has no logits to give."
                 )
             return captured[-1]
+        return x
+
+    @staticmethod
+    def _through(x: Tensor, path: tuple[Stage, ...], straight: set[str]) -> Tensor:
+        """``x`` through the stages of a gradient path; those named in ``straight`` pass
+        gradients as the identity, non-differentiable ones through their surrogate."""
+        for stage in path:
+            if stage.name in straight:
+                with torch.no_grad():
+                    exact = _values(stage.fn(x))
+                if exact.shape != x.shape:
+                    raise InputError(
+                        f"The stage {stage.name!r} changes the shape ({tuple(x.shape)} to "
+                        f"{tuple(exact.shape)}): an identity backward cannot stand in for it."
+                    )
+                x = x + (exact - x).detach()
+            elif stage.differentiable:
+                x = _values(stage.fn(x))
+            else:
+                assert stage.surrogate is not None  # checked by gradient_path
+                with torch.no_grad():
+                    exact = _values(stage.fn(x))
+                stand_in = _values(stage.surrogate(x))
+                x = stand_in + (exact - stand_in).detach()
         return x
 
     def parts(self) -> dict[str, Any]:

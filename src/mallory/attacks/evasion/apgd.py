@@ -90,16 +90,17 @@ class StepSchedule:
         at a checkpoint, the rows whose step size was just halved: they must move back to
         their best point (None between checkpoints).
         """
+        # a refused row's loss is NaN (the caller drops such rows before the next call); a
+        # NaN never counts as a rise or an improvement
         self._iteration += 1
         if self._iteration == 0:
-            improved = torch.isfinite(loss)
-            self.best = torch.where(improved, loss, self.best)
-            self._best_at_check = self.best.clone()
+            improved = ~loss.isnan()
+            self.best = self._best_at_check = torch.where(improved, loss, self.best)
         else:
-            self._rises += (loss > self._last).long()
+            self._rises += loss > self._last
             improved = loss > self.best
             self.best = torch.where(improved, loss, self.best)
-        self._last = torch.where(torch.isfinite(loss), loss, self._last)
+        self._last = loss
         if self._iteration not in self._checkpoints:
             return improved, None
         interval = self._iteration - self._last_checkpoint
@@ -315,19 +316,23 @@ class APGD(EvasionAttack):
         for k in range(self.steps):
             where = climb.where
             # ``where`` is sorted and distinct: the whole batch when it is as long
-            whole = len(where) == len(x)
+            whole = where.shape[0] == x.shape[0]
             answer = oracle.gradient(climb.current, objective, rows=None if whole else where.cpu())
             hit = reached(answer.logits, climb.y, climb.goal)
-            refused = ~torch.isfinite(answer.logits).all(1)
-            fresh = hit & ~broken[where]
-            if bool(fresh.any()):
+            refused = answer.logits.isnan().any(1)  # a refused row is NaN
+            if self.stop_early:  # a row still climbing has never been broken
+                fresh, stop = hit, hit | refused
+                act = bool(stop.any())
+            else:
+                fresh, stop = hit & ~broken[where], refused
+                act = bool((fresh | stop).any())
+            if act and bool(fresh.any()):
                 x_adv[where[fresh]] = climb.current[fresh]
                 broken[where[fresh]] = True
             climb.grad = answer.grad
             improved, halved = schedule.observe(answer.loss)
             climb.note_best(improved)
-            stop = (hit | refused) if self.stop_early else refused
-            if bool(stop.any()):
+            if act and bool(stop.any()):
                 x_adv[where[stop]] = climb.current[stop]
                 spent[where[refused]] = True
                 keep = ~stop
@@ -336,7 +341,7 @@ class APGD(EvasionAttack):
                 objective = _objective(loss, climb.y, climb.aim)
                 if halved is not None:
                     halved = halved[keep]
-                if len(climb.where) == 0:
+                if climb.where.shape[0] == 0:
                     return
             if halved is not None and bool(halved.any()):
                 climb.back_to_best(halved)
@@ -408,8 +413,8 @@ class _Climb:
             current=start,
             previous=start,
             grad=zeros,
-            best=start,
-            best_grad=zeros,
+            best=start.clone(),  # best and best_grad own their storage: updated in place
+            best_grad=torch.zeros_like(start),
             oracle=oracle,
         )
 
@@ -421,13 +426,16 @@ class _Climb:
                 setattr(self, f.name, value[mask])
 
     def note_best(self, improved: Tensor) -> None:
-        """Remember the current iterate (and its gradient) of rows that beat their best loss."""
-        if bool(improved.all()):
-            self.best, self.best_grad = self.current, self.grad
-        else:  # new tensors: ``best`` may share its storage with an earlier iterate
-            mask = improved.view(-1, *[1] * (self.current.dim() - 1))
-            self.best = torch.where(mask, self.current, self.best)
-            self.best_grad = torch.where(mask, self.grad, self.best_grad)
+        """Copy the current iterate (and its gradient) of rows that beat their best loss into
+        their best point: in place, and only those rows (usually a few)."""
+        rows = improved.nonzero().squeeze(1)
+        count = rows.shape[0]
+        if count == improved.shape[0]:
+            self.best.copy_(self.current)
+            self.best_grad.copy_(self.grad)
+        elif count:
+            self.best.index_copy_(0, rows, self.current.index_select(0, rows))
+            self.best_grad.index_copy_(0, rows, self.grad.index_select(0, rows))
 
     def back_to_best(self, rows: Tensor) -> None:
         """Move ``rows`` back to their best point and its gradient (the previous iterate, for
@@ -440,12 +448,15 @@ class _Climb:
         """The next iterate: a steepest step to ``z``, then momentum, each projected.
 
         ``x_k + alpha (z - x_k) + (1 - alpha) (x_k - x_{k-1})`` is computed as the equal
-        ``lerp(2 x_k - x_{k-1}, z, alpha)``: fewer passes over the batch."""
+        ``alpha z + 2 (1 - alpha) x_k - (1 - alpha) x_{k-1}``, in place on the fresh ``z``:
+        fewer passes over the batch, and no new tensor."""
         size = size.view(-1, *[1] * (self.current.dim() - 1))
         direction = steepest_step(self.grad, self.oracle.norm)
         z = self._project(torch.addcmul(self.current, size, direction))
         if alpha != 1.0:
-            z = self._project(torch.lerp(self.current * 2 - self.previous, z, alpha))
+            rest = 1.0 - alpha
+            z = z.mul_(alpha).add_(self.current, alpha=2 * rest).sub_(self.previous, alpha=rest)
+            z = self._project(z)
         self.previous, self.current = self.current, z
 
     def _project(self, moved: Tensor) -> Tensor:
