@@ -19,13 +19,13 @@ frozen) and the same tensors, on the CPU, in one process.
 
 After a warm-up of each, ``--rounds`` rounds run both libraries, in an order that alternates.
 Reported per library: robust accuracy after APGD-CE and after APGD-T (judged by the module
-itself on the returned inputs, every input checked to lie in the eps-ball and in [0, 1]), the
-median wall time of the whole evaluation (fastest and slowest beside it), and the rows the
-module forwarded per sample (a forward pre-hook; mallory's count includes the base's verdict,
-AutoAttack's its clean-accuracy pass and its checks), and the paired ratio: mallory's time
-over AutoAttack's in the same round, whose median is the figure to read on a machine whose
-speed drifts. AutoAttack's runs evaluate the final point of each run too: 101 gradients per
-run against mallory's 100.
+itself on the returned inputs, every input checked to lie in the eps-ball and in [0, 1]); the
+median wall time of the whole evaluation (fastest and slowest beside it); its CPU time (the
+process's, all threads); the rows the module forwarded per sample (a forward pre-hook;
+mallory's count includes the base's verdict, AutoAttack's its clean-accuracy pass and its
+checks); and the paired ratios, mallory's time over AutoAttack's in the same round, whose
+medians are the figures to read on a machine whose speed drifts. AutoAttack's runs evaluate
+the final point of each run too: 101 gradients per run against mallory's 100.
 
 Run::
 
@@ -60,6 +60,7 @@ class Outcome:
     robust_after_ce: list[float] = field(default_factory=list)
     robust: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the process's CPU seconds, all threads
     rows: list[float] = field(default_factory=list)  # module rows forwarded per sample
 
 
@@ -206,42 +207,47 @@ def main() -> None:
         order = LIBRARIES if r % 2 == 0 else LIBRARIES[::-1]
         for name in order:
             counter.rows = 0
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             x_adv, after_ce = runners[name]()
             wall = time.perf_counter() - started
             out = outcomes[name]
             out.wall.append(wall)
+            out.cpu.append(time.process_time() - cpu_started)
             out.rows.append(counter.rows / len(x))
             out.robust.append(robust_accuracy(module, x_adv, x, y, args.eps))
             out.robust_after_ce.append(after_ce)
             print(
                 f"round {r} {name:10s} robust {out.robust[-1]:.3f} "
-                f"(after APGD-CE {out.robust_after_ce[-1]:.3f}) {wall:7.2f} s "
-                f"{out.rows[-1]:7.1f} rows/sample",
+                f"(after APGD-CE {out.robust_after_ce[-1]:.3f}) {wall:6.2f} s "
+                f"(CPU {out.cpu[-1]:6.2f} s) {out.rows[-1]:6.1f} rows/sample",
                 flush=True,
             )
 
     print()
     print(
         "| library | robust acc after APGD-CE | robust acc after APGD-T | wall s, median "
-        "(min-max) | model rows/sample |"
+        "(min-max) | CPU s, median | model rows/sample |"
     )
-    print("| --- | ---: | ---: | --- | ---: |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
     for name in LIBRARIES:
         out = outcomes[name]
         print(
             f"| {name} | {statistics.median(out.robust_after_ce):.3f} | "
             f"{statistics.median(out.robust):.3f} | {statistics.median(out.wall):.2f} "
-            f"({min(out.wall):.2f}-{max(out.wall):.2f}) | {statistics.median(out.rows):.0f} |"
+            f"({min(out.wall):.2f}-{max(out.wall):.2f}) | {statistics.median(out.cpu):.2f} | "
+            f"{statistics.median(out.rows):.0f} |"
         )
-    walls = zip(outcomes["mallory"].wall, outcomes["autoattack"].wall, strict=True)
-    ratios = [m / a for m, a in walls]
     print()
-    print(
-        "paired ratio, mallory's time over AutoAttack's in each round: "
-        + ", ".join(f"{r:.3f}" for r in ratios)
-        + f"; median {statistics.median(ratios):.3f}"
-    )
+    for what in ("wall", "cpu"):
+        times = zip(
+            getattr(outcomes["mallory"], what), getattr(outcomes["autoattack"], what), strict=True
+        )
+        ratios = [m / a for m, a in times]
+        print(
+            f"paired ratio of {what} times, mallory's over AutoAttack's in each round: "
+            + ", ".join(f"{r:.3f}" for r in ratios)
+            + f"; median {statistics.median(ratios):.3f}"
+        )
     if args.json is not None:
         figures = {
             "model": description,
