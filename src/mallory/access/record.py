@@ -69,10 +69,11 @@ class Record:
         x: Tensor,
         rows: Tensor | None,
         labels: Tensor,
-        confidence: Tensor | Callable[[Tensor], Tensor] | None = None,
+        confidence: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        """Take note of answers: ``labels`` (-1 for refused rows) for inputs ``x``, with the
-        confidence of each answer, or a function giving it for the answers at given positions.
+        """Take note of answers: ``labels`` (-1 for refused rows) for inputs ``x``;
+        ``confidence`` gives the confidence of the answers at given positions (called only
+        for the answers kept).
         """
         labels = labels.to(self.y.device)
         wanted = self.y if self.targets is None else self.targets
@@ -107,9 +108,7 @@ class Record:
         self.distance[r] = d[keep]
         self.best[r] = x[where].to(self.best)
         self.label[r] = labels[where]
-        if callable(confidence):
+        if confidence is not None:
             self.confidence[r] = confidence(where).to(self.confidence)
-        elif confidence is not None:
-            self.confidence[r] = confidence.to(self.confidence)[where]
         else:
             self.confidence[r] = math.nan
